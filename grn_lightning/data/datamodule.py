@@ -1,0 +1,205 @@
+"""`GRNDataModule`: one LightningDataModule for every stage (tokenizer, C2I, T2I/T2V), over WebDataset shards.
+
+Training is infinite and resampled (drive it with `trainer.max_steps`); evaluation reads every record exactly
+once with the same number of batches on every rank. Batches follow docs/CONTRACTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Literal
+
+import lightning as L
+import torch
+import webdataset as wds
+
+from grn_lightning.data.buckets import PIXEL_BUDGETS
+from grn_lightning.data.media import ClipRule
+from grn_lightning.data.records import SampleSpec, collate
+from grn_lightning.data.splits import check_local_shards, expand_shards, rank_and_world
+from grn_lightning.data.streams import EvalStream, MixedStream, TrainStream, count_records, iterate_records
+
+log = logging.getLogger(__name__)
+ShardSpec = str | list[str] | None
+
+
+class GRNDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        kind: Literal["image", "video", "mixed", "tokens"] = "image",
+        train_shards: ShardSpec = None,
+        val_shards: ShardSpec = None,
+        test_shards: ShardSpec = None,
+        train_video_shards: ShardSpec = None,
+        val_video_shards: ShardSpec = None,
+        resolution: int = 256,
+        pixel_budget: str | None = None,
+        num_frames: int = 17,
+        fps: float = 16.0,
+        max_video_seconds: float | None = None,
+        short_clip: Literal["skip", "loop"] = "skip",
+        video_ratio: float = 0.5,
+        batch_size: int = 32,
+        video_batch_size: int | None = None,
+        val_batch_size: int | None = None,
+        num_workers: int = 4,
+        shuffle_buffer: int = 1000,
+        random_flip: bool = True,
+        video_backend: Literal["auto", "decord", "av"] = "auto",
+        pin_memory: bool = True,
+        prefetch_factor: int = 4,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            kind: "image" (photos, 1-frame videos), "video" (mp4 clips), "mixed" (image batches from
+                train_shards and video batches from train_video_shards, see video_ratio), "tokens"
+                (pre-computed HBQ token shards from tools/tokenize_shards.py).
+            train_shards: training shards, a brace pattern ("data/x-{000000..000099}.tar") or a list.
+            val_shards: validation shards (each record exactly once per validation run).
+            test_shards: test shards (`grn test`).
+            train_video_shards: video shards for kind="mixed".
+            val_video_shards: video validation shards for kind="mixed" (a second validation dataloader).
+            resolution: square side in pixels (ADM centre crop for images, cover + centre crop for frames).
+            pixel_budget: training images/videos use aspect-ratio buckets under this budget instead of the
+                square crop; one of "0.06M", "0.25M", "0.41M", "0.92M", "1M", "2M". Evaluation stays square.
+            num_frames: frames per clip, 1 + 4k (17 = ~1 s at 16 fps).
+            fps: frame rate clips are resampled to.
+            max_video_seconds: drop (and count) clips longer than this; None keeps every clip.
+            short_clip: clips shorter than num_frames at fps: "skip" (counted) or "loop".
+            video_ratio: probability that a training batch is a video batch (kind="mixed").
+            batch_size: training batch size per device (image or token batches).
+            video_batch_size: training batch size per device for video batches (default: batch_size).
+            val_batch_size: evaluation batch size per device (default: batch_size, or video_batch_size for video).
+            num_workers: DataLoader worker processes per device.
+            shuffle_buffer: records held in each worker's shuffle buffer.
+            random_flip: random horizontal flip in training (token shards: use the stored flipped copy).
+            video_backend: "auto" (decord, PyAV fallback), "decord" or "av".
+            pin_memory: pinned host memory for faster host-to-device copies.
+            prefetch_factor: batches prefetched per worker.
+            seed: base seed of shuffling/cropping; every (rank, worker) derives its own.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if pixel_budget is not None and pixel_budget not in PIXEL_BUDGETS:
+            raise ValueError(f"data.pixel_budget must be one of {sorted(PIXEL_BUDGETS)} or null, got {pixel_budget!r}")
+        if not 0.0 <= video_ratio <= 1.0:
+            raise ValueError(f"data.video_ratio must lie in [0, 1], got {video_ratio}")
+        for name, value in (("batch_size", batch_size), ("resolution", resolution), ("shuffle_buffer", shuffle_buffer)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        if resolution % 16:
+            raise ValueError(f"data.resolution must be a multiple of 16 (tokenizer stride), got {resolution}")
+        clip = ClipRule(num_frames=num_frames, fps=fps, max_seconds=max_video_seconds, short=short_clip)
+        base = dict(resolution=resolution, clip=clip, video_backend=video_backend)
+        primary_kind = {"mixed": "image"}.get(kind, kind)
+        self.train_spec = SampleSpec(kind=primary_kind, pixel_budget=pixel_budget, random_flip=random_flip, **base)
+        self.eval_spec = SampleSpec(kind=primary_kind, **base)
+        self.video_train_spec = SampleSpec(kind="video", pixel_budget=pixel_budget, random_flip=random_flip, **base)
+        self.video_eval_spec = SampleSpec(kind="video", **base)
+        self.skipped_total = 0  # records skipped so far, summed over workers (see SkippedSamplesLogger)
+        self._eval_sets: dict[str, list[EvalStream]] = {}
+
+    # -- setup: all checks happen here, before the first step --------------------------------------------
+    def _shards(self, option: str) -> list[str]:
+        urls = expand_shards(getattr(self.hparams, option))
+        check_local_shards(urls, option)
+        return urls
+
+    def _eval_stream(self, option: str, spec: SampleSpec) -> EvalStream:
+        urls = self._shards(option)
+        num_records = count_records(urls)
+        if num_records == 0:
+            raise ValueError(f"data.{option}: the shards hold no records (empty dataset)")
+        _, world = rank_and_world()
+        if num_records < world:
+            raise ValueError(f"data.{option}: {num_records} records cannot be spread over {world} ranks")
+        token_shape = None
+        if spec.kind == "tokens":
+            first = next(iter(iterate_records(urls[:1], _RaiseOnError())))
+            token_shape = tuple(json.loads(first["tokens.json"])["shape"])
+        log.info("data.%s: %d records, %d shards", option, num_records, len(urls))
+        return EvalStream(urls, spec, num_records, token_shape)
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit":
+            if hp.train_shards is None:
+                raise ValueError("data.train_shards is required for fit")
+            self._train_urls = self._shards("train_shards")
+            if hp.kind == "mixed":
+                self._train_video_urls = self._shards("train_video_shards")
+        if stage in ("fit", "validate") and hp.val_shards is not None:
+            streams = [self._eval_stream("val_shards", self.eval_spec)]
+            if hp.kind == "mixed" and hp.val_video_shards is not None:
+                streams.append(self._eval_stream("val_video_shards", self.video_eval_spec))
+            self._eval_sets["val"] = streams
+        if stage == "validate" and hp.val_shards is None:
+            raise ValueError("data.val_shards is required for validate")
+        if stage == "test":
+            if hp.test_shards is None:
+                raise ValueError("data.test_shards is required for test")
+            self._eval_sets["test"] = [self._eval_stream("test_shards", self.eval_spec)]
+
+    # -- loaders -------------------------------------------------------------------------------------------
+    def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int | None) -> torch.utils.data.DataLoader:
+        hp = self.hparams
+        workers = hp.num_workers
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            collate_fn=None if batch_size is None else collate,
+            num_workers=workers,
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            prefetch_factor=hp.prefetch_factor if workers > 0 else None,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        hp = self.hparams
+        stream = TrainStream(self._train_urls, self.train_spec, hp.batch_size, hp.shuffle_buffer, hp.seed)
+        if hp.kind == "mixed":
+            videos = TrainStream(
+                self._train_video_urls, self.video_train_spec, hp.video_batch_size or hp.batch_size,
+                hp.shuffle_buffer, hp.seed + 1,
+            )
+            stream = MixedStream(stream, videos, hp.video_ratio, hp.seed)
+        elif hp.kind == "video" and hp.video_batch_size:
+            stream.batch_size = hp.video_batch_size
+        return self._loader(stream, batch_size=None)
+
+    def _eval_loaders(self, split: str) -> list[torch.utils.data.DataLoader]:
+        hp = self.hparams
+        loaders = []
+        for stream in self._eval_sets.get(split, []):
+            is_video = stream.spec.kind == "video"
+            size = hp.val_batch_size or ((hp.video_batch_size or hp.batch_size) if is_video else hp.batch_size)
+            loaders.append(self._loader(stream, batch_size=size))
+        return loaders
+
+    def val_dataloader(self):
+        loaders = self._eval_loaders("val")
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def test_dataloader(self):
+        return self._eval_loaders("test")[0]
+
+    # -- on device: uint8 -> [-1, 1] float, skip counting ---------------------------------------------------
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if "pixels" in batch and batch["pixels"].dtype == torch.uint8:
+            batch["pixels"] = batch["pixels"].float().div_(127.5).sub_(1.0)
+        if "num_skipped" in batch:
+            self.skipped_total += int(batch.pop("num_skipped"))
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"skipped_total": self.skipped_total}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped_total = int(state_dict.get("skipped_total", 0))
+
+
+class _RaiseOnError:
+    def tar_handler(self, err: Exception) -> bool:
+        raise err

@@ -1,0 +1,146 @@
+"""Turn one raw WebDataset record (a dict of bytes) into one training sample (docs/CONTRACTS.md).
+
+Record fields: an image (jpg/jpeg/png/webp) or a video (mp4/...), optional `cls` (class id as text),
+optional `json` (caption and metadata; may also carry "cls"), or a token record (`tokens.npy`,
+`tokens.json`, optional `tokens_flip.npy`). A bad record raises `MediaDecodeError`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from grn_lightning.data.buckets import nearest_bucket
+from grn_lightning.data.media import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    ClipRule,
+    MediaDecodeError,
+    adm_center_crop,
+    decode_image,
+    decode_video,
+    image_to_tensor,
+    resize_cover_crop_frames,
+    resize_cover_crop_image,
+)
+from grn_lightning.data.tokens import decode_token_record
+
+KINDS = ("image", "video", "tokens")
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What one sample of a stream must look like.
+
+    kind: "image" (records must hold an image), "video" (an mp4 clip), "tokens" (token records).
+    resolution: square side for ADM centre crop (images) / resize-cover + centre crop (video frames).
+    pixel_budget: if set (e.g. "0.25M"), images use aspect-ratio buckets instead of the square crop.
+    clip: frame selection for videos.
+    random_flip: horizontal flip with probability 0.5 (training only; tokens pick their flipped copy).
+    video_backend: "auto" (decord, PyAV fallback), "decord" or "av".
+    """
+
+    kind: str = "image"
+    resolution: int = 256
+    pixel_budget: str | None = None
+    clip: ClipRule = field(default_factory=ClipRule)
+    random_flip: bool = False
+    video_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"sample kind must be one of {KINDS}, got {self.kind!r}")
+
+    def padding_sample(self, token_shape: tuple[int, ...] | None = None) -> dict:
+        """A zero sample of this spec's fixed geometry, marked invalid (used to equalise evaluation)."""
+        if self.kind == "tokens":
+            if token_shape is None:
+                raise ValueError("padding a token stream needs the token shape")
+            body = {"tokens": torch.zeros(token_shape, dtype=torch.int64)}
+        else:
+            frames = 1 if self.kind == "image" else self.clip.num_frames
+            body = {"pixels": torch.zeros(3, frames, self.resolution, self.resolution, dtype=torch.uint8)}
+        return {**body, "cls": -1, "caption": "", "key": "", "valid": False}
+
+
+def _field(record: dict, extensions: tuple[str, ...]) -> bytes | None:
+    for ext in extensions:
+        if ext in record:
+            return record[ext]
+    return None
+
+
+def _metadata(record: dict) -> tuple[int, str]:
+    meta = {}
+    if "json" in record:
+        try:
+            meta = json.loads(record["json"])
+        except (ValueError, UnicodeDecodeError) as err:
+            raise MediaDecodeError(f"bad json field: {err}") from err
+    cls = meta.get("cls", -1)
+    if "cls" in record:
+        try:
+            cls = int(record["cls"].decode().strip())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise MediaDecodeError(f"bad cls field: {err}") from err
+    caption = meta.get("caption", "")
+    if not isinstance(caption, str):
+        raise MediaDecodeError(f"caption must be a string, got {type(caption).__name__}")
+    return int(cls), caption
+
+
+def decode_record(record: dict, spec: SampleSpec, rng: random.Random | None) -> dict:
+    """Raw record -> sample dict. rng is None in evaluation (deterministic: no flip, fixed clip start)."""
+    cls, caption = _metadata(record)
+    flip = spec.random_flip and rng is not None and rng.random() < 0.5
+    if spec.kind == "tokens":
+        if "tokens.npy" not in record or "tokens.json" not in record:
+            raise MediaDecodeError("token record lacks tokens.npy / tokens.json")
+        meta = json.loads(record["tokens.json"])
+        packed_field = "tokens_flip.npy" if flip and "tokens_flip.npy" in record else "tokens.npy"
+        packed = np.load(io.BytesIO(record[packed_field]), allow_pickle=False)
+        body = {"tokens": torch.from_numpy(decode_token_record(packed, meta))}
+    elif spec.kind == "image":
+        data = _field(record, IMAGE_EXTENSIONS)
+        if data is None:
+            raise MediaDecodeError(f"record has no image field (looked for {IMAGE_EXTENSIONS})")
+        image = decode_image(data)
+        if spec.pixel_budget is None:
+            image = adm_center_crop(image, spec.resolution)
+        else:
+            bucket = nearest_bucket(image.size[1], image.size[0], spec.pixel_budget)
+            image = resize_cover_crop_image(image, bucket.height, bucket.width)
+        pixels = image_to_tensor(image)
+        body = {"pixels": pixels.flip(-1) if flip else pixels}
+    else:
+        data = _field(record, VIDEO_EXTENSIONS)
+        if data is None:
+            raise MediaDecodeError(f"record has no video field (looked for {VIDEO_EXTENSIONS})")
+        start = rng.random() if rng is not None else 0.0
+        frames = decode_video(data, spec.clip, start, spec.video_backend)
+        if spec.pixel_budget is None:
+            height = width = spec.resolution
+        else:
+            bucket = nearest_bucket(frames.shape[1], frames.shape[2], spec.pixel_budget)
+            height, width = bucket.height, bucket.width
+        pixels = resize_cover_crop_frames(frames, height, width)
+        body = {"pixels": pixels.flip(-1) if flip else pixels}
+    return {**body, "cls": cls, "caption": caption, "key": record.get("__key__", ""), "valid": True}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples of one geometry into a batch (pixels stay uint8 until they reach the device)."""
+    tensor_key = "tokens" if "tokens" in samples[0] else "pixels"
+    return {
+        tensor_key: torch.stack([s[tensor_key] for s in samples]),
+        "cls": torch.tensor([s["cls"] for s in samples], dtype=torch.int64),
+        "caption": [s["caption"] for s in samples],
+        "key": [s["key"] for s in samples],
+        "valid": torch.tensor([s["valid"] for s in samples], dtype=torch.bool),
+        "num_skipped": torch.tensor(sum(s.get("num_skipped", 0) for s in samples), dtype=torch.int64),
+    }

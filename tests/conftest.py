@@ -1,0 +1,46 @@
+"""Shared fixtures: the real-media demo shards (built once per test session from PyPI-wheel media)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import grn_lightning  # noqa: F401  (torchvision compatibility before lightning / lpips / torchmetrics)
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> dict[str, str]:
+    """{split: brace pattern}: images-train/val/test, videos-train/val. Set GRN_DEMO_DATA to reuse a build."""
+    from grn_lightning.data.demo import build_demo_data
+
+    out = os.environ.get("GRN_DEMO_DATA") or str(tmp_path_factory.mktemp("demo"))
+    return build_demo_data(out)
+
+
+@pytest.fixture(scope="session")
+def demo_image_shards(demo_data) -> str:
+    return demo_data["images-train"]
+
+
+@pytest.fixture(scope="session")
+def demo_val_image_shards(demo_data) -> str:
+    return demo_data["images-val"]
+
+
+@pytest.fixture(scope="session")
+def demo_test_image_shards(demo_data) -> str:
+    return demo_data["images-test"]
+
+
+@pytest.fixture(scope="session")
+def demo_video_shards(demo_data) -> str:
+    return demo_data["videos-train"]
+
+
+@pytest.fixture(scope="session")
+def demo_val_video_shards(demo_data) -> str:
+    return demo_data["videos-val"]
