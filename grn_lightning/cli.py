@@ -1,0 +1,48 @@
+"""`grn`: one LightningCLI entry point for every stage (tokenizer, C2I, T2I/T2V).
+
+    grn fit --config configs/tokenizer_video.yaml [--config more.yaml] [--trainer.max_steps 1000]
+    grn fit --config configs/c2i_grn_b.yaml --ckpt_path last        # resume after a crash
+    grn test --config configs/tokenizer_image.yaml --ckpt_path run/checkpoints/last.ckpt
+    grn fit --config configs/c2i_grn_b.yaml --print_config          # the fully resolved config
+
+The model and the data module are chosen by `class_path` in the config, so the same command serves all
+stages; jsonargparse validates every key against the typed __init__ signatures before anything is built,
+so a typo fails at once with the bad key named.
+"""
+
+from __future__ import annotations
+
+import grn_lightning  # noqa: F401  (torchvision compatibility before lightning)
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from grn_lightning.data.health import SkippedSamplesLogger
+
+
+class GRNCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # Always present (not overwritten when a config lists its own callbacks): skipped-record counter.
+        parser.add_lightning_class_args(SkippedSamplesLogger, "skipped_samples")
+
+
+def main(args: list[str] | None = None, run: bool = True) -> GRNCLI:
+    """Entry point of the `grn` console script; tests call it in-process with `args`."""
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls on Ampere+; bf16 paths unaffected
+    return GRNCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        # Re-running into an existing log dir (resume) rewrites config.yaml instead of refusing to start.
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The torchvision compatibility module and the `grn` entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from grn_lightning.cli import main
+
+
+def test_torchvision_imports_and_compat_is_idempotent():
+    from grn_lightning.compat import ensure_torchvision_importable
+
+    import torchvision.models  # noqa: F401  (lpips / pytorch-fid need this pure-Python part)
+
+    assert ensure_torchvision_importable() is False  # already importable now: nothing to patch
+
+
+def test_compat_patch_in_a_fresh_interpreter():
+    """In a new process: if the wheel's C extension is broken, plain `import torchvision` fails and the
+    compat module makes it work; if it is not broken, nothing is patched."""
+    code = textwrap.dedent(
+        """
+        import torch
+        try:
+            import torchvision
+            broken = False
+        except RuntimeError as err:
+            broken = "torchvision::" in str(err)
+        import sys
+        for m in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[m]
+        import importlib.util  # load compat.py alone: the package __init__ would already apply it
+        spec = importlib.util.spec_from_file_location("compat", COMPAT)
+        compat = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(compat)
+        patched = compat.ensure_torchvision_importable()
+        import torchvision, lightning, lpips, torchmetrics, pytorch_fid
+        assert patched == broken, (patched, broken)
+        print("ok", broken)
+        """
+    )
+    import grn_lightning.compat
+
+    code = code.replace("COMPAT", repr(grn_lightning.compat.__file__))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("ok")
+
+
+def test_grn_help_and_subcommands(capsys):
+    for args in (["--help"], ["fit", "--help"], ["test", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 0
+    assert "--trainer.max_steps" in capsys.readouterr().out
+
+
+DATA_ONLY = """
+model:
+  class_path: lightning.pytorch.demos.boring_classes.BoringModel
+data:
+  class_path: grn_lightning.data.datamodule.GRNDataModule
+  init_args:
+    kind: image
+    train_shards: {shards}
+    resolution: 32
+"""
+
+
+def test_print_config_and_typo_fails_fast(tmp_path, demo_image_shards, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(DATA_ONLY.format(shards=demo_image_shards))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "GRNDataModule" in printed and "shuffle_buffer: 1000" in printed and "skipped_samples" in printed
+
+    config.write_text(DATA_ONLY.format(shards=demo_image_shards).replace("resolution: 32", "resolutoin: 32"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config)])
+    assert exit_info.value.code != 0
+    assert "resolutoin" in capsys.readouterr().err
