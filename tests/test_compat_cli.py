@@ -84,3 +84,15 @@ def test_print_config_and_typo_fails_fast(tmp_path, demo_image_shards, capsys):
         main(["fit", "--config", str(config)])
     assert exit_info.value.code != 0
     assert "resolutoin" in capsys.readouterr().err
+
+
+def test_cpu_torch_pulled_no_cuda_wheels():
+    """On a CPU torch build (this machine, CI) pip must not have installed any nvidia-* CUDA wheel."""
+    import importlib.metadata
+
+    import torch
+
+    if torch.version.cuda is not None:
+        pytest.skip("CUDA build of torch: CUDA wheels are expected here")
+    names = sorted({d.metadata["Name"] for d in importlib.metadata.distributions()})
+    assert not [n for n in names if n.lower().startswith("nvidia")], names
