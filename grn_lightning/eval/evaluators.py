@@ -1,0 +1,284 @@
+"""Evaluation engines shared by the Lightning callbacks and the stand-alone protocol scripts.
+
+An evaluator owns frozen feature networks plus rank-synchronised metrics; ``update`` is purely local (no
+collective calls, so ranks may see different amounts of data), ``compute`` syncs and must run on every rank.
+Nothing here knows about Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torchmetrics import MeanMetric
+
+from grn_lightning.eval.features import LPIPS_NETS, InceptionFeatureExtractor, build_lpips
+from grn_lightning.eval.i3d import I3D_MIN_FRAMES, I3DFeatureExtractor
+from grn_lightning.eval.metrics import FrechetDistance, InceptionScore, psnr_per_image, ssim_per_image
+from grn_lightning.eval.protocol import file_record
+
+__all__ = ["GenerationEvaluator", "ReconstructionEvaluator", "balanced_class_ids", "generate_and_update"]
+
+
+def _no_autocast(device: torch.device):
+    # Metric networks always run in fp32: bf16 features move FID by more than the differences being measured.
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+class ReconstructionEvaluator:
+    """PSNR / SSIM / LPIPS per frame, rFID (Inception of inputs vs reconstructions), rFVD (I3D, clips >= 9 frames).
+
+    Args:
+        lpips_net: LPIPS trunk, ``alex`` (SPEC section 7 metric) or ``vgg``.
+        rfid: compute rFID.
+        rfvd: compute rFVD for video batches (clips shorter than 9 frames are counted and skipped).
+        inception_weights / i3d_weights / lpips_backbone: explicit weight paths (else resolved offline).
+        random_init: random feature networks of the true structure (tests; numbers not comparable).
+        feature_batch_size: frames per feature-network call (bounds memory for long videos).
+    """
+
+    def __init__(
+        self,
+        lpips_net: str = "alex",
+        rfid: bool = True,
+        rfvd: bool = True,
+        inception_weights: str | None = None,
+        i3d_weights: str | None = None,
+        lpips_backbone: str | None = None,
+        random_init: bool = False,
+        feature_batch_size: int = 32,
+    ):
+        if lpips_net not in LPIPS_NETS:
+            raise ValueError(f"lpips_net={lpips_net!r} is not supported; allowed values: {', '.join(LPIPS_NETS)}")
+        if feature_batch_size < 1:
+            raise ValueError(f"feature_batch_size must be >= 1, got {feature_batch_size}")
+        self.lpips_net_name, self.random_init, self.feature_batch_size = lpips_net, random_init, feature_batch_size
+        self.lpips = build_lpips(lpips_net, lpips_backbone, random_init=random_init)
+        self.inception = InceptionFeatureExtractor(inception_weights, random_init=random_init) if rfid else None
+        self.i3d = I3DFeatureExtractor(i3d_weights, random_init=random_init) if rfvd else None
+        self.metrics = {"psnr": MeanMetric(), "ssim": MeanMetric(), "lpips": MeanMetric()}
+        if rfid:
+            self.metrics["rfid"] = FrechetDistance(2048)
+        if rfvd:
+            self.metrics["rfvd"] = FrechetDistance(400)
+        self.frames_seen = 0
+        self.short_clips_skipped = 0
+
+    def to(self, device: torch.device | str) -> ReconstructionEvaluator:
+        for net in (self.lpips, self.inception, self.i3d, *self.metrics.values()):
+            if net is not None:
+                net.to(device)
+        return self
+
+    def reset(self) -> None:
+        for metric in self.metrics.values():
+            metric.reset()
+        self.frames_seen = self.short_clips_skipped = 0
+
+    @torch.no_grad()
+    def update(self, real: torch.Tensor, fake: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """real / fake: [B, 3, T, H, W] (or [B, 3, H, W]) in [-1, 1]; rows with valid=False are padding."""
+        if real.shape != fake.shape:
+            raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} must have the same shape")
+        if real.ndim == 4:
+            real, fake = real.unsqueeze(2), fake.unsqueeze(2)
+        if valid is not None:
+            keep = valid.to(device=real.device, dtype=torch.bool)
+            real, fake = real[keep], fake[keep]
+        if real.shape[0] == 0:
+            return
+        device = next(self.lpips.parameters()).device
+        real, fake = real.to(device).float(), fake.to(device).float()
+        with _no_autocast(device):
+            frames_real = real.transpose(1, 2).flatten(0, 1)  # [B*T, 3, H, W]: PSNR/SSIM/LPIPS per frame
+            frames_fake = fake.transpose(1, 2).flatten(0, 1)
+            for r, f in zip(frames_real.split(self.feature_batch_size), frames_fake.split(self.feature_batch_size)):
+                self.metrics["psnr"].update(psnr_per_image(f, r))
+                self.metrics["ssim"].update(ssim_per_image(f, r))
+                self.metrics["lpips"].update(self.lpips(f.clamp(-1, 1), r.clamp(-1, 1)).flatten())
+                if self.inception is not None:
+                    self.metrics["rfid"].update(self.inception(r).pool, real=True)
+                    self.metrics["rfid"].update(self.inception(f).pool)
+            self.frames_seen += frames_real.shape[0]
+            if self.i3d is not None and real.shape[2] > 1:
+                if real.shape[2] < I3D_MIN_FRAMES:
+                    self.short_clips_skipped += real.shape[0]
+                    return
+                clips_per_call = max(1, self.feature_batch_size // real.shape[2])
+                for r, f in zip(real.split(clips_per_call), fake.split(clips_per_call)):
+                    self.metrics["rfvd"].update(self.i3d(r), real=True)
+                    self.metrics["rfvd"].update(self.i3d(f))
+
+    def compute(self) -> dict[str, float]:
+        """Sync across ranks and return the numbers; call on EVERY rank (it contains collective calls)."""
+        results = {}
+        for name, metric in self.metrics.items():
+            try:
+                results[name] = float(metric.compute())
+            except ValueError:
+                # Too few samples in total (e.g. no video clip >= 9 frames): the synced count is the same on
+                # every rank, so every rank skips the same metric and no rank waits on another.
+                continue
+        return results
+
+    def protocol(self) -> dict:
+        weights = {f"lpips_{self.lpips_net_name}_backbone": file_record(self.lpips.weights_file)}
+        if self.inception is not None:
+            weights["fid_inception"] = file_record(self.inception.weights_file)
+        if self.i3d is not None:
+            weights["i3d_kinetics400"] = file_record(self.i3d.weights_file)
+        return {
+            "frames_on_this_rank": self.frames_seen,
+            "short_clips_skipped_for_rfvd": self.short_clips_skipped,
+            "metric_definitions": {
+                "psnr": "per frame on [0,1], averaged", "ssim": "per frame, 11x11 gaussian sigma 1.5, [0,1]",
+                "lpips": f"lpips v0.1 {self.lpips_net_name}, per frame", "rfid": "Inception pool3 inputs vs recons",
+                "rfvd": "I3D Kinetics-400 logits at 224x224, clips >= 9 frames",
+            },  # fmt: skip
+            "weights": weights,
+            "random_init": self.random_init,
+        }
+
+
+class GenerationEvaluator:
+    """gFID against reference statistics and Inception Score of generated images.
+
+    Args:
+        reference_stats: ``.npz`` with ``mu``/``sigma`` (ImageNet-256 reference); None computes IS only.
+        inception_weights: explicit path of the FID Inception weights (else resolved offline).
+        random_init: random Inception of the true structure (tests; numbers not comparable).
+        is_splits: Inception Score splits (10 in the standard protocol).
+    """
+
+    def __init__(
+        self,
+        reference_stats: str | None = None,
+        inception_weights: str | None = None,
+        random_init: bool = False,
+        is_splits: int = 10,
+    ):
+        self.reference_stats, self.random_init = reference_stats, random_init
+        self.inception = InceptionFeatureExtractor(inception_weights, random_init=random_init)
+        self.metrics = {"is": InceptionScore(splits=is_splits)}
+        if reference_stats:
+            self.metrics["gfid"] = FrechetDistance(2048, reference_stats=reference_stats)
+        self.images_seen = 0
+
+    def to(self, device: torch.device | str) -> GenerationEvaluator:
+        for net in (self.inception, *self.metrics.values()):
+            net.to(device)
+        return self
+
+    def reset(self) -> None:
+        for metric in self.metrics.values():
+            metric.reset()
+        self.images_seen = 0
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor) -> None:
+        """images: [B, 3, H, W] in [-1, 1]."""
+        if images.shape[0] == 0:
+            return
+        device = self.inception.net.fc.weight.device
+        with _no_autocast(device):
+            out = self.inception(images.to(device).float())
+        self.metrics["is"].update(out.logits)
+        if "gfid" in self.metrics:
+            self.metrics["gfid"].update(out.pool)
+        self.images_seen += images.shape[0]
+
+    def compute(self) -> dict[str, float]:
+        """Sync across ranks and return ``gfid`` (if reference given), ``is``, ``is_std``; call on every rank."""
+        is_mean, is_std = self.metrics["is"].compute()
+        results = {"is": float(is_mean), "is_std": float(is_std)}
+        if "gfid" in self.metrics:
+            results["gfid"] = float(self.metrics["gfid"].compute())
+        return results
+
+    def protocol(self) -> dict:
+        return {
+            "images_on_this_rank": self.images_seen,
+            "reference_stats": file_record(self.reference_stats) if self.reference_stats else None,
+            "weights": {"fid_inception": file_record(self.inception.weights_file)},
+            "inception_preprocessing": "uint8 quantisation, bilinear resize to 299 (pytorch-fid), pool3 2048-d",
+            "inception_score": f"softmax of unbiased 1008-way logits, {self.metrics['is'].splits} splits",
+            "random_init": self.random_init,
+        }
+
+
+def balanced_class_ids(
+    num_samples: int, num_classes: int, rank: int = 0, world_size: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class ids this rank generates: exactly num_samples / num_classes per class over all ranks (SPEC section 7).
+
+    Sample i of the global list (classes in order, each repeated num_samples / num_classes times) goes to rank
+    i % world_size. Every rank gets ceil(num_samples / world_size) entries, so every rank does the same work;
+    the few filler entries past num_samples are marked invalid and must not be scored.
+
+    Returns (class_ids int64 [n], valid bool [n], global_index int64 [n]).
+    """
+    if num_classes < 1 or num_samples % num_classes:
+        raise ValueError(
+            f"num_samples={num_samples} must be a positive multiple of num_classes={num_classes} "
+            f"(class-balanced protocol: the same number of samples for every class)"
+        )
+    per_class = num_samples // num_classes
+    index = torch.arange(math.ceil(num_samples / world_size), dtype=torch.long) * world_size + rank
+    valid = index < num_samples
+    class_ids = index.clamp(max=num_samples - 1) // per_class
+    return class_ids, valid, index
+
+
+def generate_and_update(
+    sample_fn: Callable[..., torch.Tensor],
+    evaluator: GenerationEvaluator | None,
+    num_samples: int,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    sampling_overrides: dict | None = None,
+    save_dir: str | None = None,
+    keep: int = 0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Generate this rank's class-balanced share with ``sample_fn(class_ids, generator=..., **overrides)``.
+
+    Feeds valid images to ``evaluator``, optionally writes each as ``save_dir/{global_index:06d}.png``, and
+    returns up to ``keep`` images (CPU) for a sample grid. The generator is seeded per rank
+    (``seed + 1_000_003 * rank``) so a run is reproducible for a fixed world size and batch size.
+    """
+    from tqdm.auto import tqdm
+
+    class_ids, valid, index = balanced_class_ids(num_samples, num_classes, rank, world_size)
+    generator = torch.Generator(device=device).manual_seed(seed + 1_000_003 * rank)
+    kept: list[torch.Tensor] = []
+    if save_dir:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+    starts = range(0, class_ids.numel(), batch_size)
+    for start in tqdm(starts, desc=f"generating (rank {rank})", disable=not progress, unit="batch"):
+        ids = class_ids[start : start + batch_size].to(device)
+        images = sample_fn(ids, generator=generator, **(sampling_overrides or {}))
+        if images.shape[0] != ids.shape[0] or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"sample_images must return [B, 3, H, W] for B={ids.shape[0]}, got {tuple(images.shape)}")
+        ok = valid[start : start + batch_size].to(images.device)
+        images = images[ok]
+        if evaluator is not None:
+            evaluator.update(images)
+        if save_dir:
+            _save_pngs(images, index[start : start + batch_size][ok.cpu()], save_dir)
+        if len(kept) < keep:
+            kept.extend(images[: keep - len(kept)].float().cpu())
+    return torch.stack(kept) if kept else torch.empty(0, 3, 0, 0)
+
+
+def _save_pngs(images: torch.Tensor, indices: torch.Tensor, save_dir: str) -> None:
+    from PIL import Image
+
+    pixels = torch.round((images.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    for array, i in zip(pixels, indices.tolist()):
+        Image.fromarray(array).save(Path(save_dir) / f"{i:06d}.png")
