@@ -1,0 +1,228 @@
+"""Refinement sampler (SPEC §6): CFG batching, reference equality, schedules, adaptive steps, continuous
+batching determinism and compute, region edits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from grn_lightning.generator.adaptive import AdaptiveSteps, normalised_entropy
+from grn_lightning.generator.refinement import keep_fractions
+from grn_lightning.generator.sampler import RefinementSampler, guided_logits, sample_categorical
+from grn_lightning.generator.transformer import GRNC2ITransformer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (100x slower on a loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+
+@pytest.fixture(scope="module")
+def model() -> GRNC2ITransformer:
+    m = GRNC2ITransformer(size="tiny", variant="ind", channels=4, rounds=2, num_classes=10, grid_size=(3, 4), in_context_tokens=2)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in m.parameters():  # adaLN-zero would give uniform logits; random weights give structure
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
+    return m.eval().requires_grad_(False)
+
+
+def reference_conditional(model, class_id, seed, keep, entropy_step):
+    """Plain conditional refinement loop of SPEC §6 (no CFG, τ = 1), written out with the sampler's draw order."""
+    n, g, k = model.num_tokens, model.groups, model.classes
+    gen = torch.Generator().manual_seed(seed)
+    y_rand = torch.randint(0, k, (n, g), generator=gen)
+    state, entropy = y_rand, None
+    for i, p in enumerate(keep):
+        logits = model(state[None], torch.tensor([class_id]), torch.tensor([p]))[0]
+        u = torch.rand(2, n, g, generator=gen)
+        probs = torch.softmax(logits, -1)
+        y = (probs.cumsum(-1) < u[0][..., None]).sum(-1).clamp(max=k - 1)
+        if i + 1 == entropy_step:
+            p_ = probs.double()
+            entropy = (-(p_ * p_.log()).sum(-1) / math.log(k)).mean().item()
+        if i + 1 < len(keep):
+            state = torch.where(u[1] < keep[i + 1], y, y_rand)
+    return y, entropy
+
+
+def test_batched_cfg_equals_two_separate_calls(model):
+    gen = torch.Generator().manual_seed(1)
+    state = torch.randint(0, 4, (4, 12, 4), generator=gen)
+    cls, ratio = torch.tensor([1, 2, 3, 4]), torch.tensor([0.1, 0.5, 0.6, 0.9])
+    active = torch.tensor([False, True, True, False])
+    calls = []
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return model(*args)
+
+    cond, guided = guided_logits(counting, state, cls, ratio, 10, 2.4, active)
+    assert calls == [6]  # one forward: 4 conditional rows + 2 unconditional rows
+    lc = model(state, cls, ratio)
+    lu = model(state, torch.full((4,), 10), ratio)
+    torch.testing.assert_close(cond, lc, rtol=1e-5, atol=1e-5)
+    expected = torch.where(active[:, None, None, None], lu + 2.4 * (lc - lu), lc)
+    torch.testing.assert_close(guided, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_inverse_cdf_categorical():
+    probs = torch.tensor([[0.2, 0.5, 0.3]]).expand(4, 3)
+    u = torch.tensor([0.0, 0.19, 0.69, 0.9999999])
+    assert sample_categorical(probs, u).tolist() == [0, 0, 1, 2]
+    freq = torch.bincount(sample_categorical(probs[:1].expand(20000, 3), torch.rand(20000)), minlength=3) / 20000
+    torch.testing.assert_close(freq, probs[0], atol=0.02, rtol=0)
+
+
+def test_cfg_weight_one_tau_one_equals_plain_conditional_sampling(model):
+    sampler = RefinementSampler(steps=6, cfg_scale=1.0, cfg_interval=(0.0, 1.0), temperature=1.0, max_batch=2, entropy_step=3)
+    cls, seeds = torch.tensor([0, 5, 9]), [11, 12, 13]
+    out = sampler.sample(model, cls, seeds)
+    assert out.labels.shape == (3, 12, 4) and out.steps.tolist() == [6, 6, 6]
+    assert out.rows_forwarded == 18  # w = 1 skips the unconditional rows
+    for j in range(3):
+        y, ent = reference_conditional(model, int(cls[j]), seeds[j], keep_fractions(6), entropy_step=3)
+        assert torch.equal(out.labels[j], y)
+        assert out.entropy[j].item() == pytest.approx(ent, abs=1e-6)
+
+
+def test_schedule_ending_at_one_returns_last_full_prediction():
+    k = 5
+
+    def shift_model(state, class_ids, ratio):  # deterministic: predicts (F + 1) mod K with certainty
+        return 60.0 * torch.nn.functional.one_hot((state + 1) % k, k).float()
+
+    sampler = RefinementSampler(steps=3, schedule=[0.0, 1.0, 1.0], cfg_scale=3.0, temperature=1.0)
+    out = sampler.sample(shift_model, torch.tensor([0, 1]), [3, 4], num_tokens=6, groups=2, classes=k, null_class=7)
+    for j, seed in enumerate([3, 4]):
+        y_rand = torch.randint(0, k, (6, 2), generator=torch.Generator().manual_seed(seed))
+        # step 0 sees y_rand, steps 1 and 2 see the previous prediction entirely → y_rand + 3
+        assert torch.equal(out.labels[j], (y_rand + 3) % k)
+
+
+def test_cfg_interval_and_temperature_change_the_samples(model):
+    base = dict(steps=5, max_batch=4)
+    cls, seeds = torch.tensor([1, 2, 3]), [5, 6, 7]
+    a = RefinementSampler(cfg_scale=1.0, temperature=1.0, **base).sample(model, cls, seeds)
+    b = RefinementSampler(cfg_scale=4.0, cfg_interval=(0.0, 1.0), temperature=1.0, **base).sample(model, cls, seeds)
+    c = RefinementSampler(cfg_scale=4.0, cfg_interval=(0.5, 1.0), temperature=1.0, **base).sample(model, cls, seeds)
+    assert b.rows_forwarded == 2 * 15  # CFG at every step doubles the rows
+    assert c.rows_forwarded == 15 + 3 * 2  # linear p = 0, .2, .4, .6, .8: CFG only at .6 and .8
+    assert not torch.equal(a.labels, b.labels)
+    cold = RefinementSampler(cfg_scale=1.0, temperature=0.05, **base).sample(model, cls, seeds)
+    assert not torch.equal(a.labels, cold.labels)
+
+
+def test_adaptive_steps_follow_entropy_rule(model):
+    # tiny random model: entropies spread around ~0.5-0.9; choose k, b so the clip bounds and the interior are hit
+    probe = RefinementSampler(steps=10, cfg_scale=1.0, temperature=1.0, entropy_step=2, max_batch=16)
+    cls, seeds = torch.arange(10), list(range(100, 110))
+    ent = probe.sample(model, cls, seeds).entropy
+    lo, hi = ent.min().item(), ent.max().item()
+    k = 12.0 / (hi - lo)
+    adaptive = AdaptiveSteps(t0=2, k=k, b=-k * lo, t_min=4, t_max=10)
+    sampler = RefinementSampler(cfg_scale=1.0, temperature=1.0, adaptive=adaptive, max_batch=3)
+    out = sampler.sample(model, cls, seeds)
+    torch.testing.assert_close(out.entropy, ent, rtol=0, atol=1e-5)  # warm-up is the same linear schedule → same entropy
+    expected = 2 + torch.round(torch.clamp(k * out.entropy + (-k * lo), 4 - 2, 10 - 2)).long()
+    assert torch.equal(out.steps, expected)
+    assert out.steps.min() == 4 and out.steps.max() == 10 and len(set(out.steps.tolist())) >= 3
+    assert out.rows_forwarded == int(out.steps.sum())
+
+
+def test_adaptive_keep_fraction_and_cooling():
+    a = AdaptiveSteps(t0=5, t_min=20, t_max=50, cool_temperature=True)
+    assert [a.keep_fraction(i, 45) for i in (0, 4, 5, 49)] == pytest.approx([0.0, 0.08, 0.1, 49 / 50])
+    assert a.keep_fraction(5 + 15, 30) == pytest.approx(0.1 + 0.9 * 15 / 30)
+    assert [a.temperature_factor(d) for d in (5, 10, 30, 50)] == [0.5, 0.5, 1.0, 1.0]
+    assert a.temperature_factor(20) == pytest.approx(0.75)
+    assert AdaptiveSteps(cool_temperature=False).temperature_factor(10) == 1.0
+    assert a.remaining_steps(torch.tensor([0.0, 0.9, 0.93, 1.0], dtype=torch.float64)).tolist() == [15, 15, 31, 45]
+    with pytest.raises(ValueError, match="t0"):
+        AdaptiveSteps(t0=20, t_min=20)
+    logits = torch.zeros(2, 3, 4, 8)
+    logits[1, ..., 0] = 1e4
+    torch.testing.assert_close(normalised_entropy(logits), torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+
+def test_continuous_batching_equals_each_sample_alone(model):
+    adaptive = AdaptiveSteps(t0=2, k=100.0, b=-48.0, t_min=3, t_max=9, cool_temperature=True)
+    sampler = RefinementSampler(cfg_scale=2.0, cfg_interval=(0.3, 1.0), temperature=1.2, adaptive=adaptive, max_batch=3)
+    cls, seeds = torch.tensor([0, 1, 2, 3, 4, 5, 6, 10]), [21, 22, 23, 24, 25, 26, 27, 28]
+    batched = sampler.sample(model, cls, seeds)
+    assert len(set(batched.steps.tolist())) >= 3, batched.steps  # requests really finish at different times
+    for j in range(len(seeds)):
+        alone = sampler.sample(model, cls[j : j + 1], seeds[j : j + 1])
+        assert torch.equal(alone.labels[0], batched.labels[j])
+        assert alone.steps[0] == batched.steps[j]
+        assert alone.entropy[0].item() == pytest.approx(batched.entropy[j].item(), abs=1e-6)
+    # the same seed always gives the same sample; another seed a different one
+    again = sampler.sample(model, cls[:1], [21])
+    other = sampler.sample(model, cls[:1], [99])
+    assert torch.equal(again.labels[0], batched.labels[0]) and not torch.equal(other.labels[0], batched.labels[0])
+
+
+def test_fewer_steps_mean_fewer_forwards(model):
+    cls, seeds = torch.arange(8), list(range(8))
+    fixed = RefinementSampler(steps=9, cfg_scale=1.0, max_batch=4).sample(model, cls, seeds)
+    short = AdaptiveSteps(t0=2, k=0.0, b=1.0, t_min=3, t_max=9)  # every sample: 2 + 1 = 3 steps
+    adaptive = RefinementSampler(cfg_scale=1.0, adaptive=short, max_batch=4).sample(model, cls, seeds)
+    assert adaptive.steps.tolist() == [3] * 8 and fixed.steps.tolist() == [9] * 8
+    assert (fixed.rows_forwarded, fixed.forward_calls) == (72, 18)
+    assert (adaptive.rows_forwarded, adaptive.forward_calls) == (24, 6)
+
+
+def test_region_edit_keeps_outside_tokens(model):
+    seen = []
+
+    def recording(state, class_ids, ratio):
+        seen.append((state.clone(), ratio.clone()))
+        return model(state, class_ids, ratio)
+
+    sampler = RefinementSampler(steps=6, cfg_scale=2.0, cfg_interval=(0.0, 1.0), max_batch=2)
+    source = sampler.sample(model, torch.tensor([1, 2, 3]), [1, 2, 3]).labels
+    region = torch.zeros(3, 12, dtype=torch.bool)
+    region[0, :4] = True
+    region[1, 5:11] = True
+    region[2, ::2] = True
+    out = sampler.edit(
+        recording, source, region, torch.tensor([7, 2, 3]), [4, 5, 6], rounds=2, revise_ratio=0.5, classes=4, null_class=10
+    )
+    outside = ~region[:, :, None].expand_as(source)
+    assert torch.equal(out.labels[outside], source[outside])
+    assert not torch.equal(out.labels[~outside], source[~outside])
+    assert out.steps.tolist() == [6 + 3] * 3  # round 2 revises from p = 0.5: steps 3..5 of the schedule
+    # the network never saw anything but the source outside the region, at any step
+    for state, ratio in seen:
+        matched = [any(torch.equal(s[~region[i]], source[i][~region[i]]) for i in range(3)) for s in state]
+        assert all(matched)
+        assert (ratio > 0).all()  # the fixed tokens count as kept
+    # one request edited alone gives the same result (per-request seeds)
+    alone = sampler.edit(model, source[1:2], region[1:2], torch.tensor([2]), [5], rounds=2, revise_ratio=0.5)
+    assert torch.equal(alone.labels[0], out.labels[1])
+
+
+def test_confidence_selection_is_an_option_and_bad_options_fail(model):
+    out = RefinementSampler(steps=4, selection="confidence", max_batch=2).sample(model, torch.tensor([1, 2]), [0, 1])
+    assert out.labels.shape == (2, 12, 4) and out.labels.max() < 4
+    with pytest.raises(ValueError, match="selection"):
+        RefinementSampler(selection="topk")
+    with pytest.raises(ValueError, match="cfg_interval"):
+        RefinementSampler(cfg_interval=(0.8, 0.2))
+    with pytest.raises(ValueError, match="schedule"):
+        RefinementSampler(schedule="quadratic")
+    with pytest.raises(ValueError, match="seed"):
+        RefinementSampler(steps=2).sample(model, torch.tensor([1, 2]), [0])
