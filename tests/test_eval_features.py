@@ -186,3 +186,49 @@ def test_lpips_trunk_loads_torchvision_file(monkeypatch, tmp_path):
     assert (model(x, x.flip(0)) > 0).all()
     with pytest.raises(ValueError, match="alex, vgg"):
         build_lpips("squeeze")
+
+
+# ---- reference statistics tool -------------------------------------------------------------------------
+
+
+def _load_tool(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fid_stats_tool_from_folder_and_shards(tmp_path, random_inception, demo_val_image_shards):
+    import numpy as np
+    from PIL import Image
+
+    from grn_lightning.data.media import adm_center_crop
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    from skimage import data
+
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
+    fid_stats = _load_tool("fid_stats")
+    out = tmp_path / "stats.npz"
+    fid_stats.main([str(folder), "--out", str(out), "--size", "64", "--random-init", "--workers", "0", "--quiet"])
+    # Direct computation: ADM crop -> [-1, 1] -> Inception pool3 -> mean / unbiased covariance.
+    crops = [np.asarray(adm_center_crop(Image.open(folder / f"{n}.png").convert("RGB"), 64))
+             for n in ("astronaut", "chelsea", "coffee", "rocket")]  # fmt: skip
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    features = random_inception(x).pool.double().numpy()
+    with np.load(out) as stats:
+        np.testing.assert_allclose(stats["mu"], features.mean(0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(stats["sigma"], np.cov(features, rowvar=False), rtol=1e-3, atol=1e-6)
+        assert int(stats["n"]) == 4
+    assert (tmp_path / "stats.npz.json").exists()
+    shard_out = tmp_path / "shards.npz"
+    fid_stats.main([demo_val_image_shards, "--out", str(shard_out), "--size", "64", "--random-init", "--limit", "6",
+                    "--quiet"])  # fmt: skip
+    with np.load(shard_out) as stats:
+        assert int(stats["n"]) == 6 and stats["sigma"].shape == (2048, 2048) and np.isfinite(stats["mu"]).all()

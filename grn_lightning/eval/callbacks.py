@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from grn_lightning.eval.evaluators import GenerationEvaluator, ReconstructionEvaluator, generate_and_update
-from grn_lightning.eval.features import LPIPS_NETS
+from grn_lightning.eval.features import check_lpips_net
 from grn_lightning.eval.protocol import append_protocol, log_protocol_text, software_versions
 
 __all__ = ["GenerationMetrics", "ReconstructionMetrics"]
@@ -107,8 +107,7 @@ class ReconstructionMetrics(_EveryNValidationRuns):
         log_prefix: str = "recon",
     ):
         super().__init__(every_n_val_runs)
-        if lpips_net not in LPIPS_NETS:
-            raise ValueError(f"lpips_net={lpips_net!r} is not supported; allowed values: {', '.join(LPIPS_NETS)}")
+        check_lpips_net(lpips_net)
         _check_positive(feature_batch_size=feature_batch_size)
         self.options = dict(
             lpips_net=lpips_net, rfid=rfid, rfvd=rfvd, inception_weights=inception_weights, i3d_weights=i3d_weights,

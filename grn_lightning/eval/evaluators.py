@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torchmetrics import MeanMetric
 
-from grn_lightning.eval.features import LPIPS_NETS, InceptionFeatureExtractor, build_lpips
+from grn_lightning.eval.features import InceptionFeatureExtractor, build_lpips, check_lpips_net
 from grn_lightning.eval.i3d import I3D_MIN_FRAMES, I3DFeatureExtractor
 from grn_lightning.eval.metrics import FrechetDistance, InceptionScore, psnr_per_image, ssim_per_image
 from grn_lightning.eval.protocol import file_record
@@ -37,6 +37,7 @@ class ReconstructionEvaluator:
         inception_weights / i3d_weights / lpips_backbone: explicit weight paths (else resolved offline).
         random_init: random feature networks of the true structure (tests; numbers not comparable).
         feature_batch_size: frames per feature-network call (bounds memory for long videos).
+        extra_lpips: further LPIPS trunks reported as ``lpips_<net>`` (SPEC section 7 lists Alex and VGG).
     """
 
     def __init__(
@@ -49,16 +50,20 @@ class ReconstructionEvaluator:
         lpips_backbone: str | None = None,
         random_init: bool = False,
         feature_batch_size: int = 32,
+        extra_lpips: tuple[str, ...] = (),
     ):
-        if lpips_net not in LPIPS_NETS:
-            raise ValueError(f"lpips_net={lpips_net!r} is not supported; allowed values: {', '.join(LPIPS_NETS)}")
+        for net in (lpips_net, *extra_lpips):
+            check_lpips_net(net)
         if feature_batch_size < 1:
             raise ValueError(f"feature_batch_size must be >= 1, got {feature_batch_size}")
         self.lpips_net_name, self.random_init, self.feature_batch_size = lpips_net, random_init, feature_batch_size
         self.lpips = build_lpips(lpips_net, lpips_backbone, random_init=random_init)
+        # Extra trunks resolve their own registry entries (an explicit lpips_backbone is for lpips_net only).
+        self.extra_lpips = {net: build_lpips(net, random_init=random_init) for net in extra_lpips}
         self.inception = InceptionFeatureExtractor(inception_weights, random_init=random_init) if rfid else None
         self.i3d = I3DFeatureExtractor(i3d_weights, random_init=random_init) if rfvd else None
         self.metrics = {"psnr": MeanMetric(), "ssim": MeanMetric(), "lpips": MeanMetric()}
+        self.metrics.update({f"lpips_{net}": MeanMetric() for net in extra_lpips})
         if rfid:
             self.metrics["rfid"] = FrechetDistance(2048)
         if rfvd:
@@ -67,7 +72,7 @@ class ReconstructionEvaluator:
         self.short_clips_skipped = 0
 
     def to(self, device: torch.device | str) -> ReconstructionEvaluator:
-        for net in (self.lpips, self.inception, self.i3d, *self.metrics.values()):
+        for net in (self.lpips, *self.extra_lpips.values(), self.inception, self.i3d, *self.metrics.values()):
             if net is not None:
                 net.to(device)
         return self
@@ -98,6 +103,8 @@ class ReconstructionEvaluator:
                 self.metrics["psnr"].update(psnr_per_image(f, r))
                 self.metrics["ssim"].update(ssim_per_image(f, r))
                 self.metrics["lpips"].update(self.lpips(f.clamp(-1, 1), r.clamp(-1, 1)).flatten())
+                for net, model in self.extra_lpips.items():
+                    self.metrics[f"lpips_{net}"].update(model(f.clamp(-1, 1), r.clamp(-1, 1)).flatten())
                 if self.inception is not None:
                     self.metrics["rfid"].update(self.inception(r).pool, real=True)
                     self.metrics["rfid"].update(self.inception(f).pool)
@@ -125,6 +132,8 @@ class ReconstructionEvaluator:
 
     def protocol(self) -> dict:
         weights = {f"lpips_{self.lpips_net_name}_backbone": file_record(self.lpips.weights_file)}
+        for net, model in self.extra_lpips.items():
+            weights[f"lpips_{net}_backbone"] = file_record(model.weights_file)
         if self.inception is not None:
             weights["fid_inception"] = file_record(self.inception.weights_file)
         if self.i3d is not None:

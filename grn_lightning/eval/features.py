@@ -21,6 +21,7 @@ __all__ = [
     "InceptionOutput",
     "build_fid_inception",
     "build_lpips",
+    "check_lpips_net",
     "seeded_random_init_",
     "to_uint8_levels",
 ]
@@ -134,6 +135,13 @@ class InceptionFeatureExtractor(nn.Module):
         return InceptionOutput(pool=pool, logits=logits)
 
 
+def check_lpips_net(net: str) -> str:
+    """Fail at construction time, naming the option and the allowed values."""
+    if net not in LPIPS_NETS:
+        raise ValueError(f"lpips_net={net!r} is not supported; allowed values: {', '.join(LPIPS_NETS)}")
+    return net
+
+
 def build_lpips(net: str = "alex", backbone_path: str | None = None, random_init: bool = False) -> nn.Module:
     """LPIPS v0.1 (``lpips`` package) with its ImageNet trunk loaded offline.
 
@@ -149,8 +157,7 @@ def build_lpips(net: str = "alex", backbone_path: str | None = None, random_init
     Returns an ``lpips.LPIPS`` in eval mode with ``requires_grad=False`` parameters; call it as
     ``lpips_net(x, y)`` with both in [-1, 1], shape [B, 3, H, W]; it returns [B, 1, 1, 1].
     """
-    if net not in LPIPS_NETS:
-        raise ValueError(f"LPIPS net={net!r} is not supported; allowed values: {', '.join(LPIPS_NETS)}")
+    check_lpips_net(net)
     import lpips
 
     model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
