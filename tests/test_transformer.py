@@ -151,6 +151,17 @@ def test_gradients_reach_every_parameter():
     assert missing == [], missing
 
 
+def test_traces_without_graph_breaks():
+    """torch.compile-friendly: the whole forward is one graph (no data-dependent Python control flow, no .item())."""
+    torch._dynamo.reset()
+    model = _tiny("bit")
+    state = torch.randint(0, model.classes, (2, 12, model.groups))
+    cls, ratio = torch.tensor([1, 10]), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="eager", fullgraph=True)(state, cls, ratio)
+        torch.testing.assert_close(compiled, model(state, cls, ratio))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_bf16_matches_eager_on_gpu():
