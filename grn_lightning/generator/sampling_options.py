@@ -1,0 +1,37 @@
+"""Sampling options as plain dicts (YAML-friendly) → `RefinementSampler` (SPEC §6).
+
+Configs and `GenerationMetrics(sampling=...)` carry sampling arguments as a dict of `RefinementSampler`'s
+keyword arguments; the `adaptive` entry may be a dict of `AdaptiveSteps` arguments (or null for fixed steps).
+Per-call overrides are merged over the module's defaults, key by key (`adaptive` is replaced as a whole).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from grn_lightning.generator.adaptive import AdaptiveSteps
+
+
+def merge_sampling(defaults: Mapping | None, overrides: Mapping | None = None) -> dict:
+    """A new dict: `defaults` updated with `overrides`; `cfg_interval` lists become tuples."""
+    merged = dict(defaults or {})
+    merged.update(dict(overrides or {}))
+    if merged.get("cfg_interval") is not None:
+        merged["cfg_interval"] = tuple(float(v) for v in merged["cfg_interval"])
+    return merged
+
+
+def build_sampler(options: Mapping):
+    """`RefinementSampler(**options)` with `adaptive` turned into `AdaptiveSteps` when given as a dict.
+
+    Unknown keys fail here with the sampler's own message (construction-time validation of configs)."""
+    from grn_lightning.generator.sampler import RefinementSampler
+
+    kwargs = dict(options)
+    adaptive = kwargs.get("adaptive")
+    if isinstance(adaptive, Mapping):
+        kwargs["adaptive"] = AdaptiveSteps(**adaptive)
+    try:
+        return RefinementSampler(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad sampling options {sorted(kwargs)}: {err}") from err

@@ -1,0 +1,115 @@
+"""C2IModule under 2-process CPU (gloo) data parallelism: FSDP2 (`ModelParallelStrategy` + `fully_shard`) and DDP.
+
+Each run trains a tiny GRN for a few steps, saves a checkpoint (sharded for FSDP2), then a second run resumes
+from it: the restored EMA weights, raw weights and step counter must equal the saved ones exactly, and both
+ranks must hold identical full weights. The worker is this file run as a script (Lightning re-launches it once
+per rank); the test compares what the ranks wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+STEPS = 3
+
+
+def _full_state(module) -> dict[str, torch.Tensor]:
+    """Full (unsharded) fp32 copies of the raw and EMA weights, collective under FSDP2."""
+    out = {}
+    for prefix, net in (("model", module.model), ("ema", module.ema)):
+        for name, p in net.named_parameters():
+            t = p.full_tensor() if hasattr(p, "full_tensor") else p
+            out[f"{prefix}.{name.replace('_checkpoint_wrapped_module.', '')}"] = t.detach().float().cpu().clone()
+    return out
+
+
+def _worker(mode: str, phase: str, out_dir: str) -> None:
+    import grn_lightning  # noqa: F401
+    import lightning as L
+
+    from grn_lightning.generator.c2i import C2IModule
+
+    class Snapshot(L.Callback):
+        """Writes the full weights right after restore (train start) and at the end of training."""
+
+        def _dump(self, trainer, pl_module, tag: str) -> None:
+            state = _full_state(pl_module)  # collective: every rank calls it, every rank writes its copy
+            path = os.path.join(out_dir, f"{mode}-{phase}-{tag}-rank{trainer.global_rank}.pt")
+            from grn_lightning.generator.parallelize import is_sharded
+
+            sharded = [is_sharded(pl_module.model), is_sharded(pl_module.ema)]
+            torch.save({"state": state, "step": trainer.global_step, "sharded": sharded}, path)
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self._dump(trainer, pl_module, "start")
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self._dump(trainer, pl_module, "end")
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 16, (16, 4, 1, 4, 4), generator=g)
+    data = [{"tokens": tokens[i : i + 4], "cls": torch.arange(4) % 3, "valid": torch.ones(4, dtype=torch.bool)}
+            for i in range(0, 16, 4)]  # fmt: skip
+    loader = torch.utils.data.DataLoader(data, batch_size=None)
+    module = C2IModule(
+        size="tiny", variant="ind", channels=4, rounds=4, num_classes=3, grid_size=4, in_context_tokens=4,
+        lr=1e-3, ema_decay=0.5, activation_checkpointing=(mode == "fsdp2"), fsdp_bf16_params=False,
+    )  # fmt: skip
+    if mode == "fsdp2":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    else:
+        strategy = "ddp"
+    ckpt = os.path.join(out_dir, f"{mode}.ckpt")
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy=strategy, max_steps=STEPS * (2 if phase == "resume" else 1),
+        gradient_clip_val=0.1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[Snapshot()], default_root_dir=out_dir, log_every_n_steps=1,
+    )  # fmt: skip
+    trainer.fit(module, loader, ckpt_path=ckpt if phase == "resume" else None)
+    if phase == "first":
+        trainer.save_checkpoint(ckpt)
+    if trainer.is_global_zero:
+        with open(os.path.join(out_dir, f"{mode}-{phase}.json"), "w") as handle:
+            json.dump({"global_step": trainer.global_step}, handle)
+
+
+def _run(mode: str, phase: str, out_dir: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, __file__, mode, phase, out_dir], env=env, capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("mode", ["fsdp2", "ddp"])
+def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
+    out = str(tmp_path)
+    _run(mode, "first", out)
+    _run(mode, "resume", out)
+    saved = [torch.load(os.path.join(out, f"{mode}-first-end-rank{r}.pt")) for r in (0, 1)]
+    restored = [torch.load(os.path.join(out, f"{mode}-resume-start-rank{r}.pt")) for r in (0, 1)]
+    final = [torch.load(os.path.join(out, f"{mode}-resume-end-rank{r}.pt")) for r in (0, 1)]
+    assert saved[0]["sharded"] == restored[1]["sharded"] == [mode == "fsdp2"] * 2  # FSDP2: raw and EMA DTensors
+    assert saved[0]["step"] == STEPS and restored[0]["step"] == STEPS and final[0]["step"] == 2 * STEPS
+    for name, value in saved[0]["state"].items():
+        assert torch.equal(saved[1]["state"][name], value), f"ranks disagree on {name}"
+        assert torch.equal(restored[0]["state"][name], value), f"{name} not restored exactly"
+        assert torch.equal(restored[1]["state"][name], value), f"{name} not restored exactly on rank 1"
+    # The EMA really moved: it differs from the raw weights and changes between save and the end of the resume.
+    ema_keys = [k for k in saved[0]["state"] if k.startswith("ema.") and "blocks.0.attn.qkv.weight" in k]
+    raw = saved[0]["state"][ema_keys[0].replace("ema.", "model.", 1)]
+    assert not torch.equal(saved[0]["state"][ema_keys[0]], raw)
+    assert not torch.equal(final[0]["state"][ema_keys[0]], saved[0]["state"][ema_keys[0]])
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:4])
