@@ -40,6 +40,14 @@ def model() -> GRNC2ITransformer:
     return m.eval().requires_grad_(False)
 
 
+def _bit_model() -> GRNC2ITransformer:
+    m = GRNC2ITransformer(size="tiny", variant="bit", channels=4, rounds=2, num_classes=10, grid_size=(3, 4), in_context_tokens=2)
+    gen = torch.Generator().manual_seed(1)
+    for p in m.parameters():
+        p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
+    return m.eval().requires_grad_(False)
+
+
 def reference_conditional(model, class_id, seed, keep, entropy_step):
     """Plain conditional refinement loop of SPEC §6 (no CFG, τ = 1), written out with the sampler's draw order."""
     n, g, k = model.num_tokens, model.groups, model.classes
@@ -158,8 +166,13 @@ def test_adaptive_keep_fraction_and_cooling():
     torch.testing.assert_close(normalised_entropy(logits), torch.tensor([1.0, 0.0], dtype=torch.float64))
 
 
-def test_continuous_batching_equals_each_sample_alone(model):
-    adaptive = AdaptiveSteps(t0=2, k=100.0, b=-48.0, t_min=3, t_max=9, cool_temperature=True)
+@pytest.mark.parametrize("variant", ["ind", "bit"])
+def test_continuous_batching_equals_each_sample_alone(model, variant):
+    # (k, b) put Δ across [1, 7] for the entropies of these random models (≈ 0.48-0.56 ind, 0.16-0.25 bit)
+    k, b = (100.0, -48.0) if variant == "ind" else (100.0, -16.0)
+    if variant == "bit":
+        model = _bit_model()
+    adaptive = AdaptiveSteps(t0=2, k=k, b=b, t_min=3, t_max=9, cool_temperature=True)
     sampler = RefinementSampler(cfg_scale=2.0, cfg_interval=(0.3, 1.0), temperature=1.2, adaptive=adaptive, max_batch=3)
     cls, seeds = torch.tensor([0, 1, 2, 3, 4, 5, 6, 10]), [21, 22, 23, 24, 25, 26, 27, 28]
     batched = sampler.sample(model, cls, seeds)
@@ -224,5 +237,7 @@ def test_confidence_selection_is_an_option_and_bad_options_fail(model):
         RefinementSampler(cfg_interval=(0.8, 0.2))
     with pytest.raises(ValueError, match="schedule"):
         RefinementSampler(schedule="quadratic")
+    with pytest.raises(ValueError, match="noise_device"):
+        RefinementSampler(noise_device="gpu0")
     with pytest.raises(ValueError, match="seed"):
         RefinementSampler(steps=2).sample(model, torch.tensor([1, 2]), [0])

@@ -52,6 +52,17 @@ def test_full_sizes_build_on_meta_with_spec_parameter_counts(size, variant):
     assert (model.groups, model.classes) == ((16, 16) if variant == "ind" else (64, 2))
 
 
+def test_reset_parameters_after_meta_construction():
+    with torch.device("meta"):
+        model = GRNC2ITransformer(size="tiny", num_classes=10, grid_size=4)
+    model.to_empty(device="cpu")
+    model.reset_parameters()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.equal(model.blocks[0].attn.q_norm.weight, torch.ones(32))
+    state = torch.randint(0, 16, (1, 16, 16))
+    assert torch.count_nonzero(model(state, torch.tensor([3]), torch.tensor([0.5]))) == 0
+
+
 def test_swiglu_hidden_is_about_8_thirds():
     assert [swiglu_hidden(GRN_C2I[s].width) for s in "BLHG"] == [2048, 2730, 3413, 4437]
 

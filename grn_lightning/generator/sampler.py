@@ -135,6 +135,10 @@ class RefinementSampler:
         low, high = cfg_interval
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"cfg_interval must satisfy 0 <= low <= high <= 1, got {cfg_interval}")
+        try:
+            torch.device(noise_device)
+        except RuntimeError as err:
+            raise ValueError(f"noise_device={noise_device!r} is not a torch device (e.g. 'cpu', 'cuda')") from err
         if max_batch < 1 or entropy_step < 1:
             raise ValueError(f"max_batch and entropy_step must be >= 1, got {max_batch}, {entropy_step}")
         self.steps, self.schedule = steps, schedule

@@ -171,12 +171,15 @@ class GRNC2ITransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """DiT-style init: xavier linears, zero biases, N(0, 0.02) embeddings, zero adaLN and head (adaLN-zero)."""
+        """DiT-style init of every parameter: xavier linears, zero biases, unit norms, N(0, 0.02) embeddings, zero adaLN
+        and head (adaLN-zero)."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm) and module.weight is not None:
+                nn.init.ones_(module.weight)  # complete init, so meta-device construction + to_empty works
         nn.init.normal_(self.class_embed.weight, std=0.02)
         nn.init.normal_(self.context_pos, std=0.02)
         for layer in self.ratio_embed.mlp:
