@@ -203,7 +203,10 @@ class AvgDown3D(nn.Module):
         self.factor_t, self.factor_s, self.out_channels = factor_t, factor_s, out_channels
         factor = factor_t * factor_s * factor_s
         if (in_channels * factor) % out_channels:
-            raise ValueError(f"average-down shortcut: {in_channels}·{factor} channels do not split into {out_channels} groups")
+            raise ValueError(
+                f"average-down shortcut: {in_channels}·{factor} channels do not split into {out_channels} groups "
+                "(dim / dim_mult: a stage that does not down-sample cannot widen)"
+            )
         self.group = in_channels * factor // out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,7 +229,9 @@ class DupUp3D(nn.Module):
         self.factor_t, self.factor_s, self.out_channels = factor_t, factor_s, out_channels
         factor = factor_t * factor_s * factor_s
         if (out_channels * factor) % in_channels:
-            raise ValueError(f"duplicate-up shortcut: {out_channels}·{factor} is not a multiple of {in_channels} channels")
+            raise ValueError(
+                f"duplicate-up shortcut: {out_channels}·{factor} is not a multiple of {in_channels} channels (dec_dim / dim_mult)"
+            )
         self.repeats = out_channels * factor // in_channels
 
     def forward(self, x: torch.Tensor, first: bool) -> torch.Tensor:
