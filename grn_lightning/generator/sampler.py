@@ -236,34 +236,54 @@ class RefinementSampler:
                 if r.fixed is not None:
                     self._restart_state(r, self.keep[r.step], device)
                 active.append(r)
+            # Per-request scalars are built on the host (no device syncs); tensors are batched below.
             p = torch.tensor([self._keep_fraction(r, adaptive) for r in active], dtype=torch.float32)
             fixed_frac = torch.tensor([r.fixed_frac for r in active])
-            ratio_in = (fixed_frac + (1 - fixed_frac) * p).to(device)
+            ratio_in = fixed_frac + (1 - fixed_frac) * p
             low, high = self.cfg_interval
             cfg = (ratio_in >= low) & (ratio_in <= high) & (self.cfg_scale != 1.0)
             state = torch.stack([r.state for r in active])
             cls = torch.tensor([r.class_id for r in active], device=device)
-            cond, guided = guided_logits(model, state, cls, ratio_in, null, self.cfg_scale, cfg)
+            cond, guided = guided_logits(model, state, cls, ratio_in.to(device), null, self.cfg_scale, cfg)
             rows, calls = rows + state.shape[0] + int(cfg.sum()), calls + 1
             tau = torch.tensor([self.temperature * self._tau_factor(r, adaptive) for r in active], device=device)
             probs = torch.softmax(guided / tau[:, None, None, None], dim=-1)
             noise = torch.stack([r.uniforms() for r in active]).to(device)
             y = sample_categorical(probs, noise[:, 0])
-            entropy = None
-            still = []
+            editing = active[0].fixed is not None  # a run is all samples or all edits
+            if editing:
+                fixed = torch.stack([r.fixed for r in active])
+                source = torch.stack([r.source for r in active])
+                y = torch.where(fixed, source, y)
+            hit = [j for j, r in enumerate(active) if r.step + 1 == ent_step]
+            entropy = normalised_entropy(cond[hit]).tolist() if hit else []
+            deltas = adaptive.remaining_steps(torch.tensor(entropy, dtype=torch.float64)).tolist() if adaptive else []
             for j, r in enumerate(active):
-                r.y = y[j] if r.fixed is None else torch.where(r.fixed, r.source, y[j])
+                r.y = y[j]
                 r.step += 1
                 r.total_steps += 1
-                if r.step == ent_step:
-                    entropy = normalised_entropy(cond) if entropy is None else entropy
-                    r.entropy = float(entropy[j])
-                    if adaptive is not None:
-                        r.delta = int(adaptive.remaining_steps(entropy[j : j + 1])[0])
-                        r.steps = adaptive.t0 + r.delta
+            for pos, j in enumerate(hit):
+                active[j].entropy = entropy[pos]
+                if adaptive is not None:
+                    active[j].delta = deltas[pos]
+                    active[j].steps = adaptive.t0 + deltas[pos]
+            # F_{i+1} = s·y + (1−s)·y_rand for every row (finished rows are simply not used).
+            p_next = torch.tensor(
+                [self._keep_fraction(r, adaptive) if r.step < r.steps else 1.0 for r in active], device=device
+            )
+            if self.selection == "confidence":
+                conf = probs.gather(-1, y[..., None])[..., 0].flatten(1)
+                rank = conf.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+                keep = (rank < torch.round(p_next * conf.shape[1])[:, None]).view_as(y)
+            else:
+                keep = noise[:, 1] < p_next[:, None, None]
+            nxt = torch.where(keep, y, torch.stack([r.y_rand for r in active]))
+            if editing:
+                nxt = torch.where(fixed, source, nxt)
+            still = []
+            for j, r in enumerate(active):
                 if r.step < r.steps:
-                    conf = probs[j].gather(-1, y[j][..., None])[..., 0] if self.selection == "confidence" else None
-                    self._next_state(r, self._keep_fraction(r, adaptive), noise[j, 1], conf)
+                    r.state = nxt[j]
                     still.append(r)
                 elif r.rounds_left > 0:
                     r.source = r.y
@@ -286,19 +306,6 @@ class RefinementSampler:
         if adaptive is None or r.delta is None:
             return 1.0
         return adaptive.temperature_factor(r.delta)
-
-    def _next_state(self, r: _Request, p: float, keep_uniform: torch.Tensor, confidence: torch.Tensor | None) -> None:
-        """F = s·y + (1−s)·y_rand; s ~ Bernoulli(p) (or the top round(p·E) by confidence); fixed tokens = source."""
-        if confidence is None:
-            keep = keep_uniform < p
-        else:
-            count = round(p * confidence.numel())
-            order = confidence.flatten().argsort(descending=True, stable=True)
-            keep = torch.zeros(confidence.numel(), dtype=torch.bool, device=confidence.device)
-            keep[order[:count]] = True
-            keep = keep.view_as(confidence)
-        state = torch.where(keep, r.y, r.y_rand)
-        r.state = state if r.fixed is None else torch.where(r.fixed, r.source, state)
 
     def _restart_state(self, r: _Request, p: float, device: torch.device) -> None:
         """Edit round start: region elements keep Bernoulli(p) of the current labels (p = 0: pure noise)."""
