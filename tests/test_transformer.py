@@ -175,31 +175,18 @@ def test_traces_without_graph_breaks():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_bf16_matches_eager_on_gpu():
-    model = GRNC2ITransformer(size="tiny", num_classes=10, grid_size=16).cuda()
-    _randomise(model)
+def test_compiled_and_bf16_match_eager_fp32_on_gpu():
+    torch._dynamo.reset()
+    model = _randomise(GRNC2ITransformer(size="tiny", num_classes=10, grid_size=16), seed=1).cuda().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.25)  # keep activations O(1) so bf16 error is measurable against the logit scale
     state = torch.randint(0, 16, (4, 256, 16), device="cuda")
     cls, ratio = torch.tensor([0, 1, 2, 10], device="cuda"), torch.rand(4, device="cuda")
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        eager = model(state, cls, ratio).float()
-        compiled = torch.compile(model, fullgraph=True)(state, cls, ratio).float()
-    torch.testing.assert_close(compiled, eager, rtol=0.05, atol=0.05)
-
-
-def test_token_layout_exact_positions_and_round_trip():
-    from grn_lightning.generator.token_layout import TokenLayout
-
-    gen = torch.Generator().manual_seed(5)
-    labels = torch.randint(0, 16, (2, 3, 1, 2, 4), generator=gen)  # C = 3, M = 4, grid 2x4
-    ind, bit = TokenLayout("ind", 3, 4), TokenLayout("bit", 3, 4)
-    ti, tb = ind.to_tokens(labels), bit.to_tokens(labels)
-    assert ti.shape == (2, 8, 3) and tb.shape == (2, 8, 12)
-    # token n = row*w + col; ind group c = channel c; bit group (i-1)*C + c = round i (MSB first) of channel c
-    assert ti[1, 1 * 4 + 2].tolist() == labels[1, :, 0, 1, 2].tolist()
-    for c in range(3):
-        v = int(labels[0, c, 0, 1, 3])
-        assert [int(tb[0, 7, i * 3 + c]) for i in range(4)] == [(v >> (3 - i)) & 1 for i in range(4)]
-    assert torch.equal(ind.to_index_labels(ti, (1, 2, 4)), labels)
-    assert torch.equal(bit.to_index_labels(tb, (1, 2, 4)), labels)
-    with pytest.raises(ValueError, match="grid"):
-        ind.to_index_labels(ti, (1, 4, 4))
+    with torch.no_grad():
+        eager = model(state, cls, ratio)
+        compiled = torch.compile(model, fullgraph=True)(state, cls, ratio)
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = model(state, cls, ratio).float()
+    assert (low - eager).abs().max() < 0.05 * eager.abs().max()

@@ -89,7 +89,7 @@ class _Request:
         return torch.rand((2, *self.shape), generator=self.gen, device=self.noise_device)
 
     def start_round(self, steps: int, first_step: int, device: torch.device) -> None:
-        """Fresh y_rand; when starting mid-trajectory keep Bernoulli(p) of the current prediction."""
+        """Start a (new) refinement round at `first_step`: fresh y_rand drawn from the request's generator."""
         self.y_rand = torch.randint(0, self.classes, self.shape, generator=self.gen, device=self.noise_device).to(device)
         self.step, self.steps, self.delta = first_step, steps, None
         self.state = self.y_rand
@@ -111,7 +111,8 @@ class RefinementSampler:
         max_batch: slots of the continuous batch (requests in flight; the forward has up to 2× rows with CFG).
         entropy_step: without `adaptive`, the entropy is reported after this many steps (clipped to T);
             with `adaptive` it is `adaptive.t0`.
-        noise_device: device of the per-request generators ("cpu" makes samples identical across devices).
+        noise_device: device of the per-request generators ("cpu": the same noise stream for a seed on any
+            machine; "cuda": no host-side generation, for large batches).
     """
 
     def __init__(
