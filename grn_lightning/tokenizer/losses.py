@@ -146,12 +146,16 @@ class TokenizerLoss(nn.Module):
             self._lpips.append(build_lpips("vgg", backbone_path=self.lpips_path, random_init=self.random_backbone))
         return self._lpips[0]
 
-    def perceptual(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        """Mean LPIPS-VGG over images / video frames; gradients reach ``x_hat`` only."""
+    def lpips_per_frame(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """LPIPS-VGG of every image / video frame, ``[B·T]``; gradients reach ``x_hat`` only."""
         net = self.lpips
         if next(net.parameters()).device != x.device:
             net.to(x.device)
-        return net(frames_as_images(x_hat), frames_as_images(x).detach()).mean()
+        return net(frames_as_images(x_hat), frames_as_images(x).detach()).flatten()
+
+    def perceptual(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """Mean LPIPS-VGG over images / video frames (SPEC §2: per frame for videos)."""
+        return self.lpips_per_frame(x, x_hat).mean()
 
     def gan_factor(self, step: int) -> float:
         return 1.0 if step >= self.gan_start_step else 0.0

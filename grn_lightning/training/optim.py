@@ -15,10 +15,14 @@ from torch.optim.lr_scheduler import LambdaLR
 __all__ = ["WarmupConstant", "adamw", "decay_param_groups", "scaled_lr", "warmup_constant_scheduler"]
 
 
-def decay_param_groups(params: nn.Module | Iterable[tuple[str, torch.Tensor]], weight_decay: float) -> list[dict]:
+def decay_param_groups(
+    params: nn.Module | Iterable[tuple[str, torch.Tensor]], weight_decay: float | None = None
+) -> list[dict]:
     """Two AdamW groups: weight decay on ≥2-D weights (matrices, conv kernels, embeddings), none on the 1-D
-    tensors (biases, norm gains). Frozen parameters are left out. Groups carry the parameter names (``names``)
-    for logging; torch optimisers keep extra group keys."""
+    tensors (biases, norm gains). Frozen parameters are left out. ``weight_decay=None`` leaves the decay group
+    without a ``weight_decay`` key, so the optimiser's own ``weight_decay`` argument (e.g. from a config's
+    ``OptimizerCallable``) applies to it. Groups carry the parameter names (``names``); torch optimisers keep
+    extra group keys."""
     named = params.named_parameters() if isinstance(params, nn.Module) else params
     decay, no_decay, decay_names, no_decay_names = [], [], [], []
     for name, p in named:
@@ -30,7 +34,10 @@ def decay_param_groups(params: nn.Module | Iterable[tuple[str, torch.Tensor]], w
             no_decay.append(p), no_decay_names.append(name)
     groups = []
     if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay, "names": decay_names})
+        group = {"params": decay, "names": decay_names}
+        if weight_decay is not None:
+            group["weight_decay"] = weight_decay
+        groups.append(group)
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "names": no_decay_names})
     if not groups:
