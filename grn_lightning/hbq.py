@@ -195,7 +195,8 @@ class HBQ(nn.Module):
         """Index labels int64 ``[B, C, ...]`` of `mu` (discrete mode only)."""
         if self.continuous:
             raise ValueError("tokenize needs discrete HBQ (continuous=False and num_rounds < 100)")
-        return index_labels(hbq_bits(torch.tanh(mu.float()), self.num_rounds))
+        with torch.autocast(device_type=mu.device.type, enabled=False):
+            return index_labels(hbq_bits(torch.tanh(mu.float()), self.num_rounds))
 
     def index_labels_to_values(self, labels: torch.Tensor) -> torch.Tensor:
         return index_labels_to_values(labels, self.num_rounds).to(torch.float32)

@@ -105,7 +105,8 @@ class CausalVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, C, T', h, w] -> x̂ [B, 3, 1+4(T'−1), 16h, 16w]."""
-        return unpatchify(self.decoder(self.conv2(z)), PATCH)
+        # HBQ hands over fp32 values; a model cast to bf16 (no autocast) needs its own dtype here
+        return unpatchify(self.decoder(self.conv2(z.to(self.conv2.weight.dtype))), PATCH)
 
     # ---- cached causal path (inference) -----------------------------------------------------------------------
     def encode_chunked(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +121,7 @@ class CausalVAE(nn.Module):
 
     def decode_chunked(self, z: torch.Tensor) -> torch.Tensor:
         """Same result as :meth:`decode`, one latent frame at a time with per-conv caches."""
-        z = self.conv2(z)
+        z = self.conv2(z.to(self.conv2.weight.dtype))
         state: dict = {}
         outs = [unpatchify(self.decoder(z[:, :, t : t + 1], state), PATCH) for t in range(z.shape[2])]
         return torch.cat(outs, dim=2)
