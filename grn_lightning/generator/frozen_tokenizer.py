@@ -46,24 +46,32 @@ def _shadow_state(entry, wanted: set[str]) -> dict[str, torch.Tensor] | None:
     return _strip(shadow, prefixes[0]) if prefixes else None
 
 
+def _from_flat(state, expected: set[str]) -> tuple[dict[str, torch.Tensor], str] | None:
+    """The tokenizer's entries of a flat (possibly prefixed) state dict, EMA-named prefixes first."""
+    if not isinstance(state, Mapping):
+        return None
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    prefixes = _candidate_prefixes(list(tensors), expected)
+    return (_strip(tensors, prefixes[0]), prefixes[0]) if prefixes else None
+
+
 def select_tokenizer_state(checkpoint: Mapping, tokenizer: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict for `tokenizer`, description of where it came from) out of a loaded checkpoint object."""
     expected = set(tokenizer.state_dict())
     trainable = {n for n, _ in tokenizer.named_parameters()}
-    if expected and expected <= set(checkpoint) and all(isinstance(checkpoint[k], torch.Tensor) for k in expected):
-        return {k: checkpoint[k] for k in expected}, "plain state dict"
+    flat = _from_flat(checkpoint, expected)
+    if flat is not None:
+        return flat[0], f"state dict (prefix {flat[1]!r})"
     for name in ("ema", "state_dict", "vae", "model"):
         entry = checkpoint.get(name)
-        if not isinstance(entry, Mapping) or not entry:
-            continue
         shadow = _shadow_state(entry, trainable)
         if shadow is not None:
-            base = select_tokenizer_state(checkpoint.get("state_dict", {}), tokenizer)[0] if "state_dict" in checkpoint else {}
-            return {**base, **shadow}, f"EMA shadows in checkpoint[{name!r}]"
-        tensors = {k: v for k, v in entry.items() if isinstance(v, torch.Tensor)}
-        prefixes = _candidate_prefixes(list(tensors), expected)
-        if prefixes:
-            return _strip(tensors, prefixes[0]), f"checkpoint[{name!r}] keys with prefix {prefixes[0]!r}"
+            # EMA shadows hold the trainable parameters only; buffers come from the raw state dict.
+            base = _from_flat(checkpoint.get("state_dict", {}), expected)
+            return {**(base[0] if base else {}), **shadow}, f"EMA shadows in checkpoint[{name!r}]"
+        flat = _from_flat(entry, expected)
+        if flat is not None:
+            return flat[0], f"checkpoint[{name!r}] (prefix {flat[1]!r})"
     raise KeyError(
         "could not find the tokenizer's weights in the checkpoint: expected a state dict with keys like "
         f"{sorted(expected)[:3]} (optionally under a prefix, in 'ema', 'state_dict' or 'vae'); top-level keys: "

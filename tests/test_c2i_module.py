@@ -1,0 +1,213 @@
+"""C2IModule on real photos: learning (GRN_ind and GRN_bit), labels, checkpoints, sampling, predict, configs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grn_lightning.generator.c2i import C2IModule
+from grn_lightning.tokenizer.vae import HBQTokenizer
+
+RES, GRID, CHANNELS, CLASSES = 64, 4, 16, 4
+
+
+def real_images() -> torch.Tensor:
+    """4 real photos (scikit-image), centre-cropped and resized to 64², as [4, 3, 1, 64, 64] in [-1, 1]."""
+    import skimage.data
+
+    images = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        x = torch.from_numpy(getattr(skimage.data, name)()[..., :3].copy()).permute(2, 0, 1).float()
+        side = min(x.shape[1:])
+        top, left = (x.shape[1] - side) // 2, (x.shape[2] - side) // 2
+        x = x[:, top : top + side, left : left + side]
+        images.append(F.interpolate(x[None], size=(RES, RES), mode="area")[0])
+    return (torch.stack(images) / 127.5 - 1.0)[:, :, None]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread is ~20× faster than two on a loaded 2-core machine (no spin-waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> HBQTokenizer:
+    torch.manual_seed(0)
+    return HBQTokenizer(latent_channels=CHANNELS, num_rounds=4, preset="tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def photo_batch(tokenizer) -> dict:
+    pixels = real_images()
+    return {"pixels": pixels, "tokens": tokenizer.tokenize(pixels), "cls": torch.arange(CLASSES),
+            "valid": torch.ones(CLASSES, dtype=torch.bool)}  # fmt: skip
+
+
+def tiny_module(tokenizer=None, **kwargs) -> C2IModule:
+    args = dict(size="tiny", variant="ind", channels=CHANNELS, rounds=4, num_classes=CLASSES, grid_size=GRID,
+                in_context_tokens=4, tokenizer=tokenizer, lr=3e-3, ema_decay=0.9, label_dropout=0.1)  # fmt: skip
+    args.update(kwargs)
+    return C2IModule(**args)
+
+
+class _Repeat(torch.utils.data.IterableDataset):
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+
+    def __iter__(self):
+        while True:
+            yield self.batch
+
+
+class _LossLog(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def _fit(module: C2IModule, batch: dict, steps: int, root: str) -> list[float]:
+    log = _LossLog()
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[log],
+                        default_root_dir=root, log_every_n_steps=10)  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader(_Repeat(batch), batch_size=None))
+    return log.losses
+
+
+@pytest.mark.parametrize("variant", ["ind", "bit"])
+def test_overfits_real_image_tokens_and_samples_decode(tmp_path, tokenizer, photo_batch, variant):
+    torch.manual_seed(0)
+    module = tiny_module(tokenizer, variant=variant, sample_weights="raw")
+    batch = {"tokens": photo_batch["tokens"], "cls": photo_batch["cls"], "valid": photo_batch["valid"]}
+    losses = _fit(module, batch, 250, str(tmp_path))
+    uniform = math.log(module.model.classes)  # ln K: the loss of a uniform guess (and of the zero-init head)
+    assert abs(losses[0] - uniform) < 1e-3
+    final = sum(losses[-10:]) / 10
+    assert final < 0.25 * uniform, (variant, losses[0], final)
+    # Sampling (no CFG, τ = 0.5) regenerates each class's training image: labels match the memorised tokens
+    # (chance level: 1/16 for ind, 1/2 for bit).
+    module.eval()
+    result = module.sample_labels(batch["cls"], torch.Generator().manual_seed(0), steps=16, cfg_scale=1.0,
+                                  temperature=0.5)  # fmt: skip
+    target = module.model_labels(batch["tokens"])
+    accuracy = (result.labels == target).float().mean().item()
+    assert accuracy > {"ind": 0.8, "bit": 0.9}[variant], accuracy
+    images = module.decode(result.labels)
+    assert images.shape == (CLASSES, 3, RES, RES) and images.min() >= -1 and images.max() <= 1
+    # Each sample decodes to a picture nearest to its own class's memorised image (decoded the same way).
+    reference = module.decode(target)
+    distances = torch.cdist(images.flatten(1), reference.flatten(1))
+    assert torch.equal(distances.argmin(dim=1), batch["cls"]), distances
+
+
+def test_media_batches_use_the_frozen_tokenizer(tokenizer, photo_batch):
+    module = tiny_module(tokenizer)
+    from_pixels = module.index_labels({"pixels": photo_batch["pixels"]})
+    assert torch.equal(from_pixels, photo_batch["tokens"])
+    tokens = module.model_labels(from_pixels)
+    assert tokens.shape == (CLASSES, GRID * GRID, CHANNELS)
+    assert torch.equal(module.index_from_model_labels(tokens), photo_batch["tokens"])
+    bit = tiny_module(tokenizer, variant="bit")
+    bits = bit.model_labels(from_pixels)
+    assert bits.shape == (CLASSES, GRID * GRID, 4 * CHANNELS) and int(bits.max()) == 1
+    assert torch.equal(bit.index_from_model_labels(bits), photo_batch["tokens"])
+    # The tokenizer is outside the module: not in state_dict, not in parameters (so not in the optimiser).
+    assert not any(k.startswith("tokenizer") for k in module.state_dict())
+    assert {id(p) for p in module.parameters()}.isdisjoint({id(p) for p in tokenizer.parameters()})
+    assert all(not p.requires_grad for p in tokenizer.parameters())
+    assert any(k.startswith("ema.") for k in module.state_dict())
+
+
+def test_one_step_on_pixels_equals_one_step_on_tokens(tokenizer, photo_batch):
+    module = tiny_module(tokenizer)
+    module.train()
+    pix = {k: photo_batch[k] for k in ("pixels", "cls", "valid")}
+    tok = {k: photo_batch[k] for k in ("tokens", "cls", "valid")}
+    out_pix = module.refinement_step(pix, generator=torch.Generator().manual_seed(3))
+    out_tok = module.refinement_step(tok, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out_pix[0], out_tok[0]) and torch.equal(out_pix[2], out_tok[2])
+
+
+def test_lr_rule_warmup_and_option_errors():
+    module = tiny_module(lr=None, base_lr=5e-5, global_batch_size=1024, warmup_epochs=5, epoch_size=1281167)
+    assert module.learning_rate() == pytest.approx(2e-4)
+    assert module.warmup_total_steps() == math.ceil(5 * 1281167 / 1024)
+    for bad, needle in ((dict(size="XL"), "model.size"), (dict(variant="idx"), "model.variant"),
+                        (dict(compile="yes"), "model.compile"), (dict(sample_weights="ema2"), "ema_decay_2"),
+                        (dict(warmup_epochs=1), "epoch_size"), (dict(sampling={"stepz": 3}), "sampling")):  # fmt: skip
+        with pytest.raises(ValueError, match=needle):
+            tiny_module(**bad)
+
+
+def test_ema_update_and_second_track():
+    module = tiny_module(ema_decay=0.5, ema_decay_2=0.75)
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in module.ema.parameters()]
+    module.update_ema()
+    for e, e2, b, p in zip(module.ema.parameters(), module.ema2.parameters(), before, module.model.parameters()):
+        assert torch.allclose(e, 0.5 * b + 0.5 * p) and torch.allclose(e2, 0.75 * b + 0.25 * p)
+    assert all(not p.requires_grad for p in module.ema.parameters())
+
+
+def test_tokenizer_checkpoint_prefers_ema(tmp_path, tokenizer):
+    from grn_lightning.generator.frozen_tokenizer import load_frozen_tokenizer
+
+    raw = {f"tokenizer.{k}": torch.zeros_like(v) for k, v in tokenizer.state_dict().items()}
+    ema = {f"ema_tokenizer.{k}": v.clone() + 1 for k, v in tokenizer.state_dict().items()}
+    path = tmp_path / "tok.ckpt"
+    torch.save({"state_dict": {**raw, **ema, "discriminator.w": torch.zeros(2)}, "global_step": 5}, path)
+    fresh = HBQTokenizer(latent_channels=CHANNELS, num_rounds=4, preset="tiny")
+    load_frozen_tokenizer(fresh, str(path))
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, tokenizer.state_dict()[k] + 1), k
+    # EMA shadows stored beside the raw weights (grn_lightning.training.ema.EMA state) are preferred too.
+    shadows = {f"tokenizer.{n}": p.detach() + 2 for n, p in tokenizer.named_parameters()}
+    torch.save({"state_dict": raw, "ema": {"decays": [0.9999], "num_updates": 1, "shadows": [shadows]}}, path)
+    load_frozen_tokenizer(fresh, str(path))
+    for n, p in fresh.named_parameters():
+        assert torch.equal(p, dict(tokenizer.named_parameters())[n] + 2), n
+    with pytest.raises(KeyError, match="tokenizer"):
+        torch.save({"state_dict": {"foo": torch.zeros(1)}}, path)
+        load_frozen_tokenizer(fresh, str(path))
+
+
+def test_predict_writes_pngs_grid_and_edits(tmp_path, tokenizer):
+    from PIL import Image
+
+    from grn_lightning.generator.predict import C2IPredictRequests, C2ISampleWriter
+
+    src = tmp_path / "photo.png"
+    Image.fromarray(((real_images()[1, :, 0].permute(1, 2, 0) + 1) * 127.5).byte().numpy()).save(src)
+    module = tiny_module(tokenizer, sampling=dict(steps=4, cfg_scale=1.5, cfg_interval=[0.0, 1.0], temperature=1.0))
+    requests = C2IPredictRequests(class_ids=[0, 2], samples_per_class=3, batch_size=4, edit_image=str(src),
+                                  edit_region=[0.0, 0.0, 0.5, 1.0], edit_class=1, edit_samples=2, resolution=RES)  # fmt: skip
+    assert requests.region_mask().sum() == GRID * GRID // 2
+    out = tmp_path / "samples"
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[C2ISampleWriter(str(out))])
+    trainer.predict(module, datamodule=requests, return_predictions=False)
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert "grid.png" in names and "class0000_002.png" in names and "class0002_000.png" in names
+    assert sum(n.startswith("edit_photo_class0001") for n in names) == 2
+    assert Image.open(out / "class0002_001.png").size == (RES, RES)
+
+
+def test_sample_images_contract_for_generation_metrics(tokenizer):
+    module = tiny_module(tokenizer, sampling=dict(steps=3, cfg_scale=2.0, cfg_interval=[0.0, 1.0], temperature=1.0))
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    a = module.sample_images(torch.tensor([0, 1, 3]), g1)
+    b = module.sample_images(torch.tensor([0, 1, 3]), g2)
+    assert a.shape == (3, 3, RES, RES) and torch.equal(a, b)  # same generator state → same images
+    assert module.num_classes == CLASSES
