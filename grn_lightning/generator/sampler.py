@@ -159,14 +159,21 @@ class RefinementSampler:
         groups: int | None = None,
         classes: int | None = None,
         null_class: int | None = None,
+        lockstep: Callable[[bool], bool] | None = None,
     ) -> SampleResult:
-        """Generate labels [B, N, G] for `class_ids` [B]; geometry defaults to the model's attributes."""
+        """Generate labels [B, N, G] for `class_ids` [B]; geometry defaults to the model's attributes.
+
+        `lockstep` (for sharded models, see lockstep.py): called once per step with "this process still has
+        requests", it must return "some process still has requests"; while it does, a process that has
+        finished keeps making 1-row dummy forwards so every process makes the same number of forward calls
+        (FSDP gathers weights collectively in each forward; adaptive step counts differ between processes).
+        """
         n, g, k, null = self._geometry(model, num_tokens, groups, classes, null_class)
         reqs = [
             _Request(i, int(c), s, (n, g), k, None, None, 1, self.noise_device)
             for i, (c, s) in enumerate(zip(class_ids.tolist(), _seed_list(seeds, len(class_ids))))
         ]
-        return self._run(model, reqs, null, class_ids.device, adaptive=self.adaptive, start_ratio=0.0)
+        return self._run(model, reqs, (n, g), null, class_ids.device, self.adaptive, 0.0, lockstep=lockstep)
 
     @torch.no_grad()
     def edit(
@@ -181,6 +188,7 @@ class RefinementSampler:
         revise_ratio: float = 0.5,
         classes: int | None = None,
         null_class: int | None = None,
+        lockstep: Callable[[bool], bool] | None = None,
     ) -> SampleResult:
         """Regenerate the tokens inside `region_mask` [B, N] (True = regenerate) of `source_labels` [B, N, G].
 
@@ -189,6 +197,7 @@ class RefinementSampler:
         `start_ratio` (0 = sketch the region from scratch); rounds 2.. revise the previous round's region
         starting at `revise_ratio`. The network's ratio input is the whole state's expected kept fraction,
         (fixed fraction) + (free fraction)·p. Edits use the fixed schedule (`adaptive` is not applied).
+        `lockstep` as in `sample`.
         """
         b, n, g = source_labels.shape
         if region_mask.shape != (b, n):
@@ -204,7 +213,7 @@ class RefinementSampler:
             _Request(i, int(c), s, (n, g), k, source_labels[i], fixed[i, :, None].expand(n, g), rounds, self.noise_device)
             for i, (c, s) in enumerate(zip(class_ids.tolist(), _seed_list(seeds, b)))
         ]
-        return self._run(model, reqs, null, source_labels.device, None, start_ratio, revise_ratio)
+        return self._run(model, reqs, (n, g), null, source_labels.device, None, start_ratio, revise_ratio, lockstep)
 
     # ------------------------------------------------------------------ internals
     def _geometry(self, model, n, g, k, null):
@@ -225,12 +234,22 @@ class RefinementSampler:
             return self.keep[r.step]
         return adaptive.keep_fraction(r.step, r.delta if r.delta is not None else adaptive.t_max - adaptive.t0)
 
-    def _run(self, model, reqs, null, device, adaptive, start_ratio, revise_ratio=0.5) -> SampleResult:
+    def _run(
+        self, model, reqs, shape, null, device, adaptive, start_ratio, revise_ratio=0.5, lockstep=None
+    ) -> SampleResult:
         queue, active, done = deque(reqs), [], []
         rows = calls = 0
         steps0 = adaptive.t_max if adaptive is not None else self.steps
         ent_step = adaptive.t0 if adaptive is not None else min(self.entropy_step, self.steps)
-        while queue or active:
+        while True:
+            local = bool(queue or active)
+            if not (lockstep(local) if lockstep is not None else local):
+                break
+            if not local:  # keep collective forwards in step with the processes that still sample
+                dummy = torch.zeros((1, *shape), dtype=torch.long, device=device)
+                model(dummy, torch.full((1,), null, device=device), torch.zeros(1, device=device))
+                calls += 1
+                continue
             while queue and len(active) < self.max_batch:
                 r = queue.popleft()
                 r.start_round(steps0, self._first_step(start_ratio) if r.fixed is not None else 0, device)
@@ -296,7 +315,7 @@ class RefinementSampler:
             active = still
         done.sort(key=lambda r: r.index)
         return SampleResult(
-            labels=torch.stack([r.y for r in done]),
+            labels=torch.stack([r.y for r in done]) if done else torch.zeros((0, *shape), dtype=torch.long, device=device),
             steps=torch.tensor([r.total_steps for r in done], dtype=torch.long),
             entropy=torch.tensor([r.entropy for r in done], dtype=torch.float64),
             rows_forwarded=rows,
