@@ -179,3 +179,22 @@ def test_bf16_paths_run():
     # a model cast to bf16 (no autocast) takes the fp32 HBQ values and stays close to the fp32 decode
     out = tok.to(torch.bfloat16).detokenize(labels)
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 0.1
+
+
+def test_tokenizer_learns_real_images():
+    # two real photos (scikit-image), 32x32: the tiny tokenizer trained through HBQ's STE reconstructs better
+    skdata = pytest.importorskip("skimage.data")
+    photos = [torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1 for img in (skdata.astronaut(), skdata.chelsea())]
+    x = torch.cat([torch.nn.functional.interpolate(p, size=(32, 32), mode="area") for p in photos]).unsqueeze(2)
+    torch.manual_seed(0)
+    tok = HBQTokenizer(latent_channels=8, preset="tiny")
+    opt = torch.optim.Adam(tok.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        x_hat, _ = tok(x)
+        loss = (x_hat - x).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert min(losses[-3:]) < 0.75 * losses[0], losses
