@@ -1,0 +1,102 @@
+"""Every C2I config parses through `grn`, the full ones build on the meta device with the SPEC §4 sizes, and the
+smoke configs train, validate (GenerationMetrics) and checkpoint on the demo photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from grn_lightning.cli import main
+from grn_lightning.data.splits import expand_shards
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# (config files composed left to right, expected size, variant, cfg scale, temperature, CFG interval low)
+FULL = [
+    (["c2i_grn_b.yaml"], "B", "ind", 2.4, 1.33, 0.40),
+    (["c2i_grn_b.yaml", "c2i_grn_b_bit.yaml"], "B", "bit", 2.4, 1.23, 0.44),
+    (["c2i_grn_l.yaml"], "L", "ind", 2.0, 1.30, 0.40),
+    (["c2i_grn_l.yaml", "c2i_grn_l_bit.yaml"], "L", "bit", 1.9, 1.20, 0.45),
+    (["c2i_grn_h.yaml"], "H", "ind", 2.0, 1.30, 0.40),
+    (["c2i_grn_g.yaml"], "G", "ind", 1.7, 1.30, 0.30),
+    (["c2i_grn_h.yaml", "c2i_fsdp1.yaml"], "H", "ind", 2.0, 1.30, 0.40),
+]
+SPEC_PARAMS = {"B": 130e6, "L": 458e6, "H": 952e6, "G": 2.0e9}  # SPEC §4 table
+
+
+def _args(files: list[str]) -> list[str]:
+    return [a for f in files for a in ("--config", str(CONFIGS / f))]
+
+
+def test_every_c2i_config_is_covered():
+    listed = {f for files, *_ in FULL for f in files}
+    assert {p.name for p in CONFIGS.glob("c2i_*.yaml")} == listed
+
+
+@pytest.mark.parametrize("files,size,variant,cfg,tau,low", FULL, ids=["+".join(f[0]) for f in FULL])
+def test_full_configs_print_and_match_the_paper(files, size, variant, cfg, tau, low, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_args(files), "--print_config"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    model = config["model"]["init_args"]
+    assert config["model"]["class_path"] == "grn_lightning.generator.c2i.C2IModule"
+    assert (model["size"], model["variant"]) == (size, variant)
+    sampling = model["sampling"]
+    assert (sampling["cfg_scale"], sampling["temperature"], sampling["cfg_interval"]) == (cfg, tau, [low, 1.0])
+    assert sampling["steps"] == 50 and sampling["schedule"] == "linear"
+    # SPEC §3 recipe: batch 1024 (lr rule → 2e-4), 5-epoch warm-up, clip 0.1, EMA 0.9999 (+0.9996), 600 epochs.
+    assert model["global_batch_size"] == 1024 and model["base_lr"] == 5e-5 and model["lr"] is None
+    assert model["warmup_epochs"] == 5 and model["betas"] == [0.9, 0.95] and model["weight_decay"] == 0.0
+    assert (model["ema_decay"], model["ema_decay_2"]) == (0.9999, 0.9996)
+    assert (model["ratio_mu"], model["ratio_sigma"], model["label_dropout"]) == (-0.8, 0.8, 0.1)
+    trainer = config["trainer"]
+    assert trainer["gradient_clip_val"] == 0.1 and trainer["precision"] == "bf16-mixed"
+    steps_per_epoch = -(-1281167 // 1024)
+    assert trainer["max_steps"] == 600 * steps_per_epoch
+    assert any(c["class_path"].endswith("GenerationMetrics") for c in trainer["callbacks"])
+    assert config["data"]["init_args"]["kind"] == "tokens"
+
+
+@pytest.mark.parametrize("size", ["B", "L", "H", "G"])
+def test_full_sizes_build_on_meta_with_spec_counts(size):
+    from grn_lightning.generator.c2i import C2IModule
+
+    init = yaml.safe_load((CONFIGS / f"c2i_grn_{size.lower()}.yaml").read_text())["model"]["init_args"]
+    init = {k: v for k, v in init.items() if k not in ("tokenizer", "tokenizer_ckpt")}
+    with torch.device("meta"):
+        module = C2IModule(**init)
+    trained = sum(p.numel() for p in module.model.parameters())
+    assert abs(trained / SPEC_PARAMS[size] - 1) < 0.03, trained
+    assert sum(p.numel() for p in module.ema.parameters()) == trained
+    assert sum(p.numel() for p in module.ema2.parameters()) == trained
+    assert sum(p.numel() for p in module.parameters() if p.requires_grad) == trained
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("files", [["smoke/c2i_ind.yaml"], ["smoke/c2i_ind.yaml", "smoke/c2i_bit.yaml"]],
+                         ids=["ind", "bit"])  # fmt: skip
+def test_smoke_configs_train_validate_and_checkpoint(tmp_path, demo_data, files):
+    root = str(tmp_path)
+    main(["fit", *_args(files), "--data.train_shards", demo_data["images-train"],
+          "--data.val_shards", expand_shards(demo_data["images-val"])[0], "--data.num_workers", "0",
+          "--trainer.max_steps", "6", "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "1",
+          "--trainer.default_root_dir", root, "--trainer.logger.init_args.save_dir", root,
+          "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    checkpoints = list(tmp_path.rglob("last.ckpt"))
+    assert len(checkpoints) == 1
+    state = torch.load(checkpoints[0], map_location="cpu", weights_only=False)
+    assert state["global_step"] == 6
+    keys = state["state_dict"].keys()
+    assert any(k.startswith("ema.") for k in keys) and not any(k.startswith("tokenizer") for k in keys)
+    protocol = list(tmp_path.rglob("metrics_protocol.json"))
+    assert protocol and '"is"' in protocol[0].read_text()
