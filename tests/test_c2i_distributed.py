@@ -20,7 +20,17 @@ STEPS = 3
 
 
 def _full_state(module) -> dict[str, torch.Tensor]:
-    """Full (unsharded) fp32 copies of the raw and EMA weights, collective under FSDP2."""
+    """Full (unsharded) fp32 copies of the raw and EMA weights, collective under FSDP2 / FSDP1."""
+    if type(module.model).__name__ == "FullyShardedDataParallel":
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        out = {}
+        for prefix, net in (("model", module.model), ("ema", module.ema)):
+            with FSDP.summon_full_params(net, writeback=False):
+                for name, p in net.named_parameters():
+                    clean = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+                    out[f"{prefix}.{clean}"] = p.detach().float().cpu().clone()
+        return out
     out = {}
     for prefix, net in (("model", module.model), ("ema", module.ema)):
         for name, p in net.named_parameters():
@@ -43,7 +53,7 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
             path = os.path.join(out_dir, f"{mode}-{phase}-{tag}-rank{trainer.global_rank}.pt")
             from grn_lightning.generator.parallelize import is_sharded
 
-            sharded = [is_sharded(pl_module.model), is_sharded(pl_module.ema)]
+            sharded = [is_sharded(pl_module.model), is_sharded(pl_module.ema)] if mode != "fsdp1_gpu" else [None]
             torch.save({"state": state, "step": trainer.global_step, "sharded": sharded}, path)
 
         def on_train_start(self, trainer, pl_module) -> None:
@@ -62,15 +72,26 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
         size="tiny", variant="ind", channels=4, rounds=4, num_classes=3, grid_size=4, in_context_tokens=4,
         lr=1e-3, ema_decay=0.5, activation_checkpointing=(mode == "fsdp2"), fsdp_bf16_params=False,
     )  # fmt: skip
+    accelerator, precision = "cpu", "32-true"
     if mode == "fsdp2":
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    elif mode == "fsdp1_gpu":
+        # GPU only: Lightning FSDPStrategy (FSDP1) with the wrap policy of configs/c2i_fsdp1.yaml.
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from grn_lightning.generator.transformer import GRNBlock, GRNC2ITransformer
+
+        strategy = FSDPStrategy(auto_wrap_policy={GRNBlock, GRNC2ITransformer}, activation_checkpointing_policy={GRNBlock},
+                                state_dict_type="sharded")  # fmt: skip
+        accelerator, precision = "gpu", "bf16-mixed"
     else:
         strategy = "ddp"
     ckpt = os.path.join(out_dir, f"{mode}.ckpt")
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy=strategy, max_steps=STEPS * (2 if phase == "resume" else 1),
+        accelerator=accelerator, devices=2, strategy=strategy, precision=precision,
+        max_steps=STEPS * (2 if phase == "resume" else 1),
         gradient_clip_val=0.1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[Snapshot()], default_root_dir=out_dir, log_every_n_steps=1,
     )  # fmt: skip
@@ -109,6 +130,48 @@ def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
     raw = saved[0]["state"][ema_keys[0].replace("ema.", "model.", 1)]
     assert not torch.equal(saved[0]["state"][ema_keys[0]], raw)
     assert not torch.equal(final[0]["state"][ema_keys[0]], saved[0]["state"][ema_keys[0]])
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP1 (FSDPStrategy) needs 2 CUDA devices")
+def test_fsdp1_two_gpus_training_and_resume_keeps_ema(tmp_path):
+    out = str(tmp_path)
+    _run("fsdp1_gpu", "first", out)
+    _run("fsdp1_gpu", "resume", out)
+    saved = torch.load(os.path.join(out, "fsdp1_gpu-first-end-rank0.pt"))
+    restored = torch.load(os.path.join(out, "fsdp1_gpu-resume-start-rank1.pt"))
+    assert restored["step"] == STEPS
+    for name, value in saved["state"].items():
+        assert torch.equal(restored["state"][name], value), f"{name} not restored exactly"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bf16_compiled_training_step_learns(tmp_path):
+    """bf16-mixed + per-block torch.compile + activation checkpointing on one GPU: the loss falls."""
+    import lightning as L
+
+    from grn_lightning.generator.c2i import C2IModule
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 16, (8, 4, 1, 4, 4))
+    batch = {"tokens": tokens, "cls": torch.arange(8) % 4, "valid": torch.ones(8, dtype=torch.bool)}
+    module = C2IModule(size="tiny", channels=4, num_classes=4, grid_size=4, in_context_tokens=4, lr=3e-3,
+                       compile="block", activation_checkpointing=True, ema_decay=0.9)  # fmt: skip
+    losses = []
+
+    class Log(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=60, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, callbacks=[Log()],
+                        default_root_dir=str(tmp_path))  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader([batch] * 60, batch_size=None))
+    assert losses[-1] < 0.6 * losses[0], losses[::10]
+    images_free = module.sample_labels(torch.arange(4, device="cuda"), torch.Generator("cuda").manual_seed(0), steps=4)
+    assert images_free.labels.shape == (4, 16, 4)
 
 
 if __name__ == "__main__":

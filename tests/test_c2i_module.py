@@ -76,13 +76,13 @@ class _LossLog(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def _fit(module: C2IModule, batch: dict, steps: int, root: str) -> list[float]:
+def _fit(module: C2IModule, batch: dict, steps: int, root: str) -> tuple[list[float], L.Trainer]:
     log = _LossLog()
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[log],
                         default_root_dir=root, log_every_n_steps=10)  # fmt: skip
     trainer.fit(module, torch.utils.data.DataLoader(_Repeat(batch), batch_size=None))
-    return log.losses
+    return log.losses, trainer
 
 
 @pytest.mark.parametrize("variant", ["ind", "bit"])
@@ -90,11 +90,15 @@ def test_overfits_real_image_tokens_and_samples_decode(tmp_path, tokenizer, phot
     torch.manual_seed(0)
     module = tiny_module(tokenizer, variant=variant, sample_weights="raw")
     batch = {"tokens": photo_batch["tokens"], "cls": photo_batch["cls"], "valid": photo_batch["valid"]}
-    losses = _fit(module, batch, 250, str(tmp_path))
+    losses, trainer = _fit(module, batch, 250, str(tmp_path))
     uniform = math.log(module.model.classes)  # ln K: the loss of a uniform guess (and of the zero-init head)
     assert abs(losses[0] - uniform) < 1e-3
     final = sum(losses[-10:]) / 10
     assert final < 0.25 * uniform, (variant, losses[0], final)
+    # Per-ratio-bin accuracy is logged for every kept-fraction bin that was drawn.
+    logged = trainer.logged_metrics
+    bins = sorted(k for k in logged if k.startswith("train/acc_p"))
+    assert bins and all(0.0 <= float(logged[k]) <= 1.0 for k in bins)
     # Sampling (no CFG, τ = 0.5) regenerates each class's training image: labels match the memorised tokens
     # (chance level: 1/16 for ind, 1/2 for bit).
     module.eval()

@@ -326,9 +326,17 @@ class C2IModule(L.LightningModule):
     def sample_labels(self, class_ids: torch.Tensor, generator: torch.Generator | None = None, **overrides):
         """Run the refinement sampler with the sampling weights; returns the sampler's result."""
         sampler = build_sampler(merge_sampling(self.sampling, overrides))
+        model = self._sampling_model()
+        if sampler.adaptive is not None and parallelize.is_sharded(model) and _world_size() > 1:
+            # Every FSDP2 forward is a collective; entropy-guided step counts differ per rank, so the ranks would
+            # make different numbers of forwards and hang. Sample adaptively from an unsharded model instead.
+            raise ValueError(
+                "adaptive (entropy-guided) sampling is not supported on an FSDP2-sharded model with several ranks; "
+                "use fixed steps here, or sample from a consolidated checkpoint without FSDP (DDP / one GPU)"
+            )
         seeds = self.seeds_from(generator, class_ids.shape[0])
         with self._autocast():
-            return sampler.sample(self._sampling_model(), class_ids.to(self.device), seeds.cpu())
+            return sampler.sample(model, class_ids.to(self.device), seeds.cpu())
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -369,6 +377,11 @@ class C2IModule(L.LightningModule):
         else:
             images = self.sample_images(batch["class_ids"], generator, **overrides)
         return {"images": images, "names": batch["names"]}
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""C2I training throughput and MFU through the real `C2IModule.training_step` (Lightning Trainer, bf16-mixed).
+
+    python benchmarks/c2i_train_step.py                       # GRN-B batch 256 and GRN-L batch 128, compile=block
+    python benchmarks/c2i_train_step.py --sizes B --batch 256 --compile none --steps 30
+
+Token batches are synthetic index labels of the real geometry (16×16 tokens, C = 16, M = 4); the step is the
+module's own: corruption, class dropout, forward, CE, backward, clip 0.1, AdamW, EMA update (two tracks).
+MFU (nanoGPT's estimate): FLOPs/step = batch · L · (6·N + 12·depth·width·L), N = trainable parameters,
+L = 288 tokens (256 image + 32 in-context); peak 760 TFLOP/s (H100 SXM dense bf16, the issue's reference).
+One JSON line per size on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import grn_lightning  # noqa: F401  (torchvision compatibility before lightning)
+import lightning as L
+import torch
+
+PEAK_FLOPS = 760e12
+
+
+class RepeatedTokens(torch.utils.data.IterableDataset):
+    """The same random token batch forever (no data-loading cost in the measurement)."""
+
+    def __init__(self, batch: int, channels: int, rounds: int, grid: int, num_classes: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.item = {
+            "tokens": torch.randint(0, 2**rounds, (batch, channels, 1, grid, grid), generator=g),
+            "cls": torch.randint(0, num_classes, (batch,), generator=g),
+            "valid": torch.ones(batch, dtype=torch.bool),
+        }
+
+    def __iter__(self):
+        while True:
+            yield self.item
+
+
+class StepTimer(L.Callback):
+    """Wall time of optimiser steps after `warmup` steps (compile, autotuning) with CUDA synchronisation."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.times, self._start = warmup, [], None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            self._start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.elapsed = time.perf_counter() - self._start
+
+
+def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warmup: int, ac: bool, device: str) -> dict:
+    from grn_lightning.generator.c2i import C2IModule
+
+    torch.set_float32_matmul_precision("high")
+    module = C2IModule(
+        size=size, variant=variant, lr=2e-4, ema_decay=0.9999, ema_decay_2=0.9996, compile=compile_mode,
+        activation_checkpointing=ac,
+    )  # fmt: skip
+    model = module.model
+    params = sum(p.numel() for p in model.parameters())
+    seq = model.num_tokens + model.in_context_tokens
+    data = torch.utils.data.DataLoader(
+        RepeatedTokens(batch, module.hparams.channels, module.hparams.rounds, module.hparams.grid_size, 1000),
+        batch_size=None, pin_memory=True,
+    )  # fmt: skip
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator=device, devices=1, precision="bf16-mixed", max_steps=warmup + steps, gradient_clip_val=0.1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer], log_every_n_steps=50,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    step_s = timer.elapsed / steps
+    flops = batch * seq * (6 * params + 12 * model.depth * model.width * seq)
+    return {
+        "benchmark": "c2i_train_step", "size": size, "variant": variant, "batch": batch, "compile": compile_mode,
+        "activation_checkpointing": ac, "precision": "bf16-mixed", "params": params, "seq_len": seq,
+        "step_ms": round(step_s * 1e3, 2), "images_per_s": round(batch / step_s, 1),
+        "tflops_per_s": round(flops / step_s / 1e12, 1), "mfu": round(flops / step_s / PEAK_FLOPS, 4),
+        "mfu_target": 0.55, "torch": torch.__version__,
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "gpu" else None,
+        "device": torch.cuda.get_device_name() if device == "gpu" else "cpu (smoke run: timings not meaningful)",
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=["B", "L"], help="GRN_C2I sizes")
+    parser.add_argument("--batch", nargs="+", type=int, default=None, help="batch per size (default B 256, L 128)")
+    parser.add_argument("--variant", default="ind", choices=["ind", "bit"])
+    parser.add_argument("--compile", default="block", choices=["none", "block", "model"])
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
+    parser.add_argument("--device", default="gpu", choices=["gpu", "cpu"], help="cpu: a smoke run of the script")
+    args = parser.parse_args()
+    if args.device == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU (or --device cpu for a smoke run)")
+    defaults = {"B": 256, "L": 128, "H": 64, "G": 32, "tiny": 256}
+    batches = args.batch or [defaults.get(s, 64) for s in args.sizes]
+    if len(batches) != len(args.sizes):
+        parser.error("--batch needs one value per --sizes entry")
+    for size, batch in zip(args.sizes, batches):
+        print(json.dumps(run(size, batch, args.variant, args.compile, args.steps, args.warmup,
+                             args.activation_checkpointing, args.device)), flush=True)  # fmt: skip
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
