@@ -31,7 +31,7 @@ def _args(files: list[str]) -> list[str]:
 
 
 def test_every_c2i_config_is_covered():
-    listed = {f for files, *_ in FULL for f in files}
+    listed = {f for files, *_ in FULL for f in files} | {"c2i_predict.yaml"}  # predict: see the smoke test below
     assert {p.name for p in CONFIGS.glob("c2i_*.yaml")} == listed
 
 
@@ -100,3 +100,14 @@ def test_smoke_configs_train_validate_and_checkpoint(tmp_path, demo_data, files)
     assert any(k.startswith("ema.") for k in keys) and not any(k.startswith("tokenizer") for k in keys)
     protocol = list(tmp_path.rglob("metrics_protocol.json"))
     assert protocol and '"is"' in protocol[0].read_text()
+
+    # `grn predict` from that checkpoint with configs/c2i_predict.yaml: class samples and a region edit.
+    photo = next(Path(demo_data["images-train"]).parent.parent.rglob("*.jpg"))
+    out = tmp_path / "samples"
+    main(["predict", *_args(files + ["c2i_predict.yaml"]), "--ckpt_path", str(checkpoints[0]),
+          "--trainer.accelerator", "cpu", "--trainer.callbacks.output_dir", str(out), "--trainer.default_root_dir", root,
+          "--data.class_ids", "[1, 5]", "--data.samples_per_class", "2", "--data.resolution", "64",
+          "--data.edit_image", str(photo), "--data.edit_samples", "1", "--data.sampling", "{steps: 4}",
+          "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names[:1] == ["class0001_000.png"] and "grid.png" in names and len(names) == 6, names
