@@ -126,15 +126,15 @@ def _protocol(tmp_path) -> list[dict]:
 def test_reconstruction_metrics_ignore_padding_and_log_protocol(tmp_path):
     callback = ReconstructionMetrics(random_init=True, rfvd=False)
     trainer = _trainer(tmp_path, [callback])
-    (results,) = trainer.validate(TinyReconModule(per_rank=(6,)), verbose=False)
-    assert results["val/recon_psnr"] == pytest.approx(expected_psnr((6,)), rel=1e-5)
+    (results,) = trainer.validate(TinyReconModule(per_rank=(4,)), verbose=False)
+    assert results["val/recon_psnr"] == pytest.approx(expected_psnr((4,)), rel=1e-5)
     assert 0 < results["val/recon_ssim"] < 1 and results["val/recon_lpips"] > 0 and results["val/recon_rfid"] > 0
     (entry,) = _protocol(tmp_path)
     assert entry["metrics"]["psnr"] == pytest.approx(results["val/recon_psnr"], rel=1e-6)
-    assert entry["protocol"]["frames_on_this_rank"] == 6  # the padding row was not scored
+    assert entry["protocol"]["frames_on_this_rank"] == 4  # the padding row was not scored
     assert entry["protocol"]["random_init"] is True and entry["versions"]["torch"] == torch.__version__
     assert set(entry["protocol"]["weights"]) == {"lpips_alex_backbone", "fid_inception"}
-    (test_results,) = trainer.test(TinyReconModule(per_rank=(6,)), verbose=False)
+    (test_results,) = trainer.test(TinyReconModule(per_rank=(4,)), verbose=False)
     assert test_results["test/recon_psnr"] == pytest.approx(results["val/recon_psnr"], rel=1e-6)
 
 
@@ -168,7 +168,7 @@ def _ddp_validate_worker(rank: int, port: int, root: str, per_rank: tuple[int, .
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
                       LOCAL_RANK=str(rank))  # fmt: skip
-    callback = ReconstructionMetrics(random_init=True, rfvd=False)
+    callback = ReconstructionMetrics(random_init=True, rfid=False, rfvd=False)  # Frechet sync: test_eval_metrics
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", callbacks=[callback], logger=False,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
@@ -194,7 +194,7 @@ def test_two_process_validation_with_uneven_data_does_not_hang(tmp_path):
         results = json.loads((tmp_path / f"results{rank}.json").read_text())
         # Synced over both ranks: the mean over all 6 valid frames, not one rank's share.
         assert results["val/recon_psnr"] == pytest.approx(expected_psnr(per_rank), rel=1e-5)
-        assert results["val/recon_rfid"] > 0
+        assert results["val/recon_lpips"] > 0
     (entry,) = _protocol(tmp_path)  # written once, by rank 0
     assert entry["world_size"] == 2 and entry["protocol"]["frames_on_this_rank"] == 5
 
@@ -240,28 +240,28 @@ class TinyGenerator(pl.LightningModule):
 def test_generation_metrics_gfid_is_grid_and_protocol(tmp_path):
     from grn_lightning.eval.features import InceptionFeatureExtractor
 
-    # Reference statistics of exactly the set the clean generator produces (2 x each class photo).
-    features = InceptionFeatureExtractor(random_init=True)(photos(4).repeat(2, 1, 1, 1)).pool.double()
+    # Reference statistics of exactly the set the clean generator produces (each class photo once).
+    features = InceptionFeatureExtractor(random_init=True)(photos(4)).pool.double()
     stats = tmp_path / "ref.npz"
     save_reference_stats(stats, features.mean(0).numpy(), torch.cov(features.T).numpy())
     sampling = {"cfg_scale": 2.4, "temperature": 1.33}
     results = {}
     for noise in (0.0, 0.5):
         callback = GenerationMetrics(
-            num_samples=8, batch_size=3, reference_stats=str(stats), sampling=sampling, is_splits=2,
+            num_samples=4, batch_size=3, reference_stats=str(stats), sampling=sampling, is_splits=2,
             random_init=True, grid_size=4, save_dir=str(tmp_path / f"png{noise}"), show_progress=False,
         )  # fmt: skip
         module = TinyGenerator(noise=noise)
         (results[noise],) = _trainer(tmp_path / f"run{noise}", [callback]).validate(module, verbose=False)
         asked = [c for ids, _ in module.calls for c in ids]
-        assert sorted(asked) == [0, 0, 1, 1, 2, 2, 3, 3] and [len(ids) for ids, _ in module.calls] == [3, 3, 2]
+        assert sorted(asked) == [0, 1, 2, 3] and [len(ids) for ids, _ in module.calls] == [3, 1]
         assert all(kwargs == sampling for _, kwargs in module.calls)
-        assert len(list((tmp_path / f"png{noise}").glob("*.png"))) == 8
+        assert len(list((tmp_path / f"png{noise}").glob("*.png"))) == 4
     assert abs(results[0.0]["val/gen_gfid"]) < 1e-3  # generated set == reference set
     assert results[0.5]["val/gen_gfid"] > 100 * max(abs(results[0.0]["val/gen_gfid"]), 1e-3)
     assert results[0.0]["val/gen_is"] >= 1.0
     (entry,) = _protocol(tmp_path / "run0.0")
-    assert entry["protocol"]["num_samples"] == 8 and entry["protocol"]["per_class"] == 2
+    assert entry["protocol"]["num_samples"] == 4 and entry["protocol"]["per_class"] == 1
     assert entry["protocol"]["sampling"] == sampling and entry["protocol"]["reference_stats"]["sha256"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

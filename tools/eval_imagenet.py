@@ -105,22 +105,36 @@ def run_generator(args, rank: int, world: int, device: torch.device) -> dict:
 
 
 def build_tokenizer(config: str, checkpoint: str | None) -> torch.nn.Module:
-    """The HBQ tokenizer described by a grn config (its own ``model:`` or one nested in it), with the EMA
-    weights of ``checkpoint`` (any layout ``frozen_tokenizer.load_frozen_tokenizer`` understands)."""
+    """The HBQ tokenizer of a grn config, frozen, with the EMA weights of ``checkpoint``.
+
+    A ``TokenizerModule`` config: the module is built and the checkpoint loaded the way the Trainer loads it
+    (``on_load_checkpoint`` restores the EMA), then the EMA track is copied into the tokenizer. Any other config
+    (e.g. a C2I config with a nested ``HBQTokenizer``): the tokenizer is built alone and the weights picked by
+    ``frozen_tokenizer.load_frozen_tokenizer`` (plain state dicts, converted release files, ...).
+    """
+    import lightning.pytorch as pl
+
     from grn_lightning.eval.loading import find_class_spec, instantiate_from_spec, load_config_section
-    from grn_lightning.generator.frozen_tokenizer import load_frozen_tokenizer
+    from grn_lightning.eval.loading import load_lightning_checkpoint
+    from grn_lightning.generator.frozen_tokenizer import freeze, load_frozen_tokenizer
 
     section = load_config_section(config)
+    if str(section["class_path"]).endswith("TokenizerModule"):
+        module = instantiate_from_spec(section, pl.LightningModule)
+        tokenizer = module.tokenizer
+        tokenizer.loaded_from = "as built (no checkpoint)"
+        if checkpoint:
+            load_lightning_checkpoint(module, checkpoint)
+            if module.ema is not None and module.ema.shadows is not None and module.hparams.eval_with_ema:
+                module.ema.copy_to(tokenizer)
+                tokenizer.loaded_from = f"{checkpoint} (TokenizerModule EMA track 0)"
+            else:
+                tokenizer.loaded_from = f"{checkpoint} (TokenizerModule raw weights: no EMA in the checkpoint)"
+        return freeze(tokenizer)
     spec = find_class_spec(section, "HBQTokenizer")
-    if spec is not None:
-        tokenizer = instantiate_from_spec(spec)
-    else:  # a LightningModule configured with plain arguments: build it and take its tokenizer
-        module = instantiate_from_spec(section)
-        candidates = [m for m in (*vars(module).values(), *module.modules()) if type(m).__name__ == "HBQTokenizer"]
-        if not candidates:
-            raise HalfUnavailable(f"{config}: no HBQTokenizer found in the model section")
-        tokenizer = candidates[0]
-    return load_frozen_tokenizer(tokenizer, checkpoint)
+    if spec is None:
+        raise HalfUnavailable(f"{config}: the model section is no TokenizerModule and holds no HBQTokenizer")
+    return load_frozen_tokenizer(instantiate_from_spec(spec), checkpoint)
 
 
 def run_tokenizer(args, rank: int, world: int, device: torch.device) -> dict:
