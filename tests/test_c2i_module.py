@@ -215,3 +215,22 @@ def test_sample_images_contract_for_generation_metrics(tokenizer):
     b = module.sample_images(torch.tensor([0, 1, 3]), g2)
     assert a.shape == (3, 3, RES, RES) and torch.equal(a, b)  # same generator state → same images
     assert module.num_classes == CLASSES
+
+
+def test_validation_ignores_padding_rows_and_configure_model_wraps_once(tmp_path, photo_batch):
+    module = tiny_module(activation_checkpointing=True)
+    module.configure_model()
+    module.configure_model()  # Lightning calls it again for every fit/validate/test: no double wrapping
+    wrapped = [type(b).__name__ for b in module.model.blocks]
+    assert wrapped == ["CheckpointWrapper"] * len(wrapped)
+    assert type(module.model.blocks[0]._checkpoint_wrapped_module).__name__ == "GRNBlock"
+    assert set(module.state_dict()) == set(tiny_module().state_dict())  # checkpoints stay loadable either way
+    tokens = photo_batch["tokens"]
+    padded = {"tokens": torch.cat([tokens, torch.zeros_like(tokens[:2])]), "cls": torch.tensor([0, 1, 2, 3, -1, -1]),
+              "valid": torch.tensor([True] * 4 + [False] * 2)}  # fmt: skip
+    clean = {"tokens": tokens, "cls": torch.arange(4), "valid": torch.ones(4, dtype=torch.bool)}
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))  # fmt: skip
+    with_padding = trainer.validate(module, torch.utils.data.DataLoader([padded], batch_size=None))[0]["val/loss"]
+    without = trainer.validate(module, torch.utils.data.DataLoader([clean], batch_size=None))[0]["val/loss"]
+    assert with_padding == pytest.approx(without, rel=1e-6)

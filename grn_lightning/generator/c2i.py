@@ -162,8 +162,10 @@ class C2IModule(L.LightningModule):
 
     # -- scale: AC → compile → FSDP2 (parallelize.py) ------------------------------------------------------
     def configure_model(self) -> None:
-        if parallelize.is_sharded(self.model):
-            return  # configure_model may run again (e.g. fit then test): never wrap twice
+        # Lightning calls this hook at the start of every fit/validate/test/predict: wrap only once.
+        if getattr(self, "_parallelized", False) or parallelize.is_sharded(self.model):
+            return
+        self._parallelized = True
         hp = self.hparams
         if hp.activation_checkpointing:
             parallelize.apply_activation_checkpointing(self.model)
@@ -300,10 +302,17 @@ class C2IModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # A fixed generator per batch: the validation loss of the sampling weights is comparable across runs.
+        # Padding rows (valid=False, cls −1) that equalise evaluation across ranks are left out of the loss. A batch
+        # of padding only still runs one forward (FSDP ranks must stay in step) but logs nothing.
+        valid = batch["valid"].bool()
+        count = int(valid.sum())
+        rows = valid if count else torch.arange(valid.shape[0], device=valid.device) == 0
+        key = "tokens" if "tokens" in batch else "pixels"
+        sub = {key: batch[key][rows], "cls": batch["cls"][rows].clamp(min=0)}
         generator = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
-        loss, _, labels, _ = self.refinement_step(batch, generator=generator, dropout=False)
-        valid = batch["valid"]
-        self.log("val/loss", loss, batch_size=int(valid.sum()), sync_dist=True)
+        loss = self.refinement_step(sub, generator=generator, dropout=False)[0]
+        if count:
+            self.log("val/loss", loss, batch_size=count, sync_dist=True)
 
     # -- sampling -----------------------------------------------------------------------------------------
     def _sampling_model(self) -> nn.Module:
