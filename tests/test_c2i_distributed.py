@@ -73,10 +73,12 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
         lr=1e-3, ema_decay=0.5, activation_checkpointing=(mode == "fsdp2"), fsdp_bf16_params=False,
     )  # fmt: skip
     accelerator, precision = "cpu", "32-true"
-    if mode == "fsdp2":
+    if mode.startswith("fsdp2"):
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        # "fsdp2": sharded (distributed) checkpoint directory; "fsdp2_full": one consolidated file from rank 0.
+        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
+                                         save_distributed_checkpoint=(mode == "fsdp2"))  # fmt: skip
     elif mode == "fsdp1_gpu":
         # GPU only: Lightning FSDPStrategy (FSDP1) with the wrap policy of configs/c2i_fsdp1.yaml.
         from lightning.pytorch.strategies import FSDPStrategy
@@ -111,7 +113,7 @@ def _run(mode: str, phase: str, out_dir: str) -> None:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("mode", ["fsdp2", "ddp"])
+@pytest.mark.parametrize("mode", ["fsdp2", "fsdp2_full", "ddp"])
 def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
     out = str(tmp_path)
     _run(mode, "first", out)
@@ -119,7 +121,7 @@ def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
     saved = [torch.load(os.path.join(out, f"{mode}-first-end-rank{r}.pt")) for r in (0, 1)]
     restored = [torch.load(os.path.join(out, f"{mode}-resume-start-rank{r}.pt")) for r in (0, 1)]
     final = [torch.load(os.path.join(out, f"{mode}-resume-end-rank{r}.pt")) for r in (0, 1)]
-    assert saved[0]["sharded"] == restored[1]["sharded"] == [mode == "fsdp2"] * 2  # FSDP2: raw and EMA DTensors
+    assert saved[0]["sharded"] == restored[1]["sharded"] == [mode.startswith("fsdp2")] * 2  # raw + EMA DTensors
     assert saved[0]["step"] == STEPS and restored[0]["step"] == STEPS and final[0]["step"] == 2 * STEPS
     for name, value in saved[0]["state"].items():
         assert torch.equal(saved[1]["state"][name], value), f"ranks disagree on {name}"
@@ -130,6 +132,15 @@ def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
     raw = saved[0]["state"][ema_keys[0].replace("ema.", "model.", 1)]
     assert not torch.equal(saved[0]["state"][ema_keys[0]], raw)
     assert not torch.equal(final[0]["state"][ema_keys[0]], saved[0]["state"][ema_keys[0]])
+    if mode == "fsdp2_full":
+        # A consolidated FSDP2 checkpoint loads into a plain, unsharded module (evaluation / sampling tools).
+        from grn_lightning.eval.loading import load_lightning_checkpoint
+        from grn_lightning.generator.c2i import C2IModule
+
+        plain = C2IModule(size="tiny", channels=4, num_classes=3, grid_size=4, in_context_tokens=4)
+        load_lightning_checkpoint(plain, os.path.join(out, f"{mode}.ckpt"))
+        for name, p in plain.ema.named_parameters():
+            assert torch.equal(p, saved[0]["state"][f"ema.{name}"]), name
 
 
 @pytest.mark.gpu
