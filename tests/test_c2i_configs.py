@@ -105,7 +105,8 @@ def test_smoke_configs_train_validate_and_checkpoint(tmp_path, demo_data, files)
     photo = next(Path(demo_data["images-train"]).parent.parent.rglob("*.jpg"))
     out = tmp_path / "samples"
     main(["predict", *_args(files + ["c2i_predict.yaml"]), "--ckpt_path", str(checkpoints[0]),
-          "--trainer.accelerator", "cpu", "--trainer.callbacks.output_dir", str(out), "--trainer.default_root_dir", root,
+          "--trainer.accelerator", "cpu", "--trainer.callbacks.output_dir", str(out),
+          "--trainer.default_root_dir", root,
           "--data.class_ids", "[1, 5]", "--data.samples_per_class", "2", "--data.resolution", "64",
           "--data.edit_image", str(photo), "--data.edit_samples", "1", "--data.sampling", "{steps: 4}",
           "--trainer.enable_progress_bar", "false"])  # fmt: skip

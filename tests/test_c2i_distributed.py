@@ -85,8 +85,10 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
 
         from grn_lightning.generator.transformer import GRNBlock, GRNC2ITransformer
 
-        strategy = FSDPStrategy(auto_wrap_policy={GRNBlock, GRNC2ITransformer}, activation_checkpointing_policy={GRNBlock},
-                                state_dict_type="sharded")  # fmt: skip
+        strategy = FSDPStrategy(
+            auto_wrap_policy={GRNBlock, GRNC2ITransformer}, activation_checkpointing_policy={GRNBlock},
+            state_dict_type="sharded",
+        )
         accelerator, precision = "gpu", "bf16-mixed"
     else:
         strategy = "ddp"

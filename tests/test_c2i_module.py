@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -196,11 +195,14 @@ def test_predict_writes_pngs_grid_and_edits(tmp_path, tokenizer):
     src = tmp_path / "photo.png"
     Image.fromarray(((real_images()[1, :, 0].permute(1, 2, 0) + 1) * 127.5).byte().numpy()).save(src)
     module = tiny_module(tokenizer, sampling=dict(steps=4, cfg_scale=1.5, cfg_interval=[0.0, 1.0], temperature=1.0))
-    requests = C2IPredictRequests(class_ids=[0, 2], samples_per_class=3, batch_size=4, edit_image=str(src),
-                                  edit_region=[0.0, 0.0, 0.5, 1.0], edit_class=1, edit_samples=2, resolution=RES)  # fmt: skip
+    requests = C2IPredictRequests(
+        class_ids=[0, 2], samples_per_class=3, batch_size=4, edit_image=str(src), edit_region=[0.0, 0.0, 0.5, 1.0],
+        edit_class=1, edit_samples=2, resolution=RES,
+    )
     assert requests.region_mask().sum() == GRID * GRID // 2
     out = tmp_path / "samples"
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[C2ISampleWriter(str(out))])
+    writer = C2ISampleWriter(str(out))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer])
     trainer.predict(module, datamodule=requests, return_predictions=False)
     names = sorted(p.name for p in out.glob("*.png"))
     assert "grid.png" in names and "class0000_002.png" in names and "class0002_000.png" in names
@@ -234,3 +236,11 @@ def test_validation_ignores_padding_rows_and_configure_model_wraps_once(tmp_path
     with_padding = trainer.validate(module, torch.utils.data.DataLoader([padded], batch_size=None))[0]["val/loss"]
     without = trainer.validate(module, torch.utils.data.DataLoader([clean], batch_size=None))[0]["val/loss"]
     assert with_padding == pytest.approx(without, rel=1e-6)
+
+
+def test_bad_class_ids_fail_before_the_step(tmp_path, photo_batch):
+    module = tiny_module()
+    cls = torch.tensor([0, 1, 2, CLASSES])  # CLASSES is the null class: never a label
+    batch = {"tokens": photo_batch["tokens"], "cls": cls, "valid": torch.ones(4, dtype=torch.bool)}
+    with pytest.raises(ValueError, match="class ids must lie in"):
+        _fit(module, batch, 1, str(tmp_path))

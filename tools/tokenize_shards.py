@@ -114,7 +114,9 @@ def tokenize_shard(
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--input", required=True, help="media shards: brace pattern or comma-separated list")
     parser.add_argument("--output", required=True, help="output directory (one token shard per input shard)")
     parser.add_argument("--tokenizer-config", required=True, help="YAML/JSON {class_path, init_args} of the tokenizer")

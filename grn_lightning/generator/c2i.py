@@ -206,7 +206,8 @@ class C2IModule(L.LightningModule):
         groups = decay_param_groups(self.model, hp.weight_decay)
         for group in groups:
             group.pop("names", None)
-        fused = {"fused": True} if self.device.type == "cuda" else {}
+        # Fused AdamW on plain CUDA tensors; the foreach implementation for FSDP2's DTensors.
+        fused = {"fused": True} if self.device.type == "cuda" and not parallelize.is_sharded(self.model) else {}
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(hp.betas), **fused)
         scheduler = warmup_constant_scheduler(optimizer, self.warmup_total_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -217,7 +218,7 @@ class C2IModule(L.LightningModule):
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """ema ← decay·ema + (1 − decay)·model on each rank's local shards (identical sharding, see module doc)."""
+        """ema ← decay·ema + (1 − decay)·model on each rank's local shards (sharded alike, see module doc)."""
         params = [_local(p) for p in self.model.parameters()]
         for ema, decay in self._ema_tracks():
             torch._foreach_lerp_([_local(p) for p in ema.parameters()], params, 1.0 - decay)
@@ -257,11 +258,16 @@ class C2IModule(L.LightningModule):
         return self.layout.to_index_labels(tokens, (1, *self.model.grid))
 
     # -- training -----------------------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # Class ids are checked here, on the host, so the training step never waits on a device-to-host sync.
+        if isinstance(batch, dict) and "cls" in batch and "valid" in batch:
+            cls = torch.as_tensor(batch["cls"])[torch.as_tensor(batch["valid"]).bool()]
+            if bool(((cls < 0) | (cls >= self.num_classes)).any()):
+                raise ValueError(f"class ids must lie in [0, {self.num_classes}) for C2I, got {cls.tolist()}")
+        return batch
+
     def _class_ids(self, batch: dict) -> torch.Tensor:
-        cls = batch["cls"].long()
-        if bool(((cls < 0) | (cls >= self.num_classes)).any()):
-            raise ValueError(f"class ids must lie in [0, {self.num_classes}), got {cls.tolist()}")
-        return cls
+        return batch["cls"].long()
 
     def refinement_step(self, batch: dict, generator: torch.Generator | None = None, dropout: bool = True):
         """One corrupted forward: returns (loss, logits, labels, ratio)."""
@@ -380,9 +386,8 @@ class C2IModule(L.LightningModule):
         generator = torch.Generator(device=self.device).manual_seed(int(batch["seed"]))
         overrides = dict(batch.get("sampling") or {})
         if "pixels" in batch:
-            images = self.edit_images(
-                batch["pixels"], batch["region"], batch["class_ids"], generator, int(batch.get("rounds", 1)), **overrides
-            )
+            pixels, region, rounds = batch["pixels"], batch["region"], int(batch.get("rounds", 1))
+            images = self.edit_images(pixels, region, batch["class_ids"], generator, rounds, **overrides)
         else:
             images = self.sample_images(batch["class_ids"], generator, **overrides)
         return {"images": images, "names": batch["names"]}
