@@ -176,8 +176,9 @@ def test_tokenizer_checkpoint_prefers_ema(tmp_path, tokenizer):
     load_frozen_tokenizer(fresh, str(path))
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, tokenizer.state_dict()[k] + 1), k
-    # EMA shadows stored beside the raw weights (grn_lightning.training.ema.EMA state) are preferred too.
-    shadows = {f"tokenizer.{n}": p.detach() + 2 for n, p in tokenizer.named_parameters()}
+    # TokenizerModule's layout: raw weights under "tokenizer." in state_dict, EMA shadows of
+    # `EMA.update(self.tokenizer)` (unprefixed parameter names) in checkpoint["ema"]; the shadows win.
+    shadows = {n: p.detach() + 2 for n, p in tokenizer.named_parameters()}
     torch.save({"state_dict": raw, "ema": {"decays": [0.9999], "num_updates": 1, "shadows": [shadows]}}, path)
     load_frozen_tokenizer(fresh, str(path))
     for n, p in fresh.named_parameters():
