@@ -109,3 +109,45 @@ def test_eval_imagenet_tokenizer_half_end_to_end(tmp_path, imagenet_like_val, to
     assert results["versions"]["torch"] == torch.__version__
     table = capsys.readouterr().out
     assert "tokenizer  psnr" in table and "generator  ERROR" in table
+
+
+@pytest.fixture(scope="module")
+def c2i_run(tmp_path_factory):
+    """A tiny C2IModule config (8 classes, tiny tokenizer) and a checkpoint of it."""
+    import lightning.pytorch as pl
+    import yaml
+
+    from grn_lightning.eval.loading import instantiate_from_spec
+
+    root = tmp_path_factory.mktemp("c2i")
+    model = {"class_path": "grn_lightning.generator.c2i.C2IModule", "init_args": {
+        "size": "tiny", "variant": "ind", "channels": 4, "rounds": 2, "num_classes": 8, "grid_size": 2,
+        "in_context_tokens": 2, "ema_decay": 0.9, "sampling": {"steps": 3, "schedule": "linear"},
+        "tokenizer": {"class_path": "grn_lightning.tokenizer.vae.HBQTokenizer",
+                      "init_args": {"latent_channels": 4, "num_rounds": 2, "preset": "tiny"}}}}  # fmt: skip
+    (root / "c2i.yaml").write_text(yaml.safe_dump({"model": model}))
+    torch.manual_seed(0)
+    module = instantiate_from_spec(model, pl.LightningModule)
+    torch.save({"state_dict": module.state_dict(), "global_step": 0}, root / "last.ckpt")
+    return root
+
+
+def test_eval_imagenet_generator_half_is_reproducible_and_scores_against_reference(tmp_path, c2i_run):
+    eval_imagenet, fid_stats = _load_tool("eval_imagenet"), _load_tool("fid_stats")
+    common = ["--ckpt", str(c2i_run / "last.ckpt"), "--config", str(c2i_run / "c2i.yaml"), "--num-samples", "8",
+              "--batch-size", "3", "--is-splits", "2", "--random-init", "--seed", "5"]  # fmt: skip
+    assert eval_imagenet.main([*common, "--png", "--out", str(tmp_path / "first")]) == 0
+    pngs = sorted((tmp_path / "first" / "samples").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(8)]
+    first = json.loads((tmp_path / "first" / "metrics.json").read_text())["generator"]
+    assert first["protocol"]["per_class"] == 1 and first["protocol"]["num_classes"] == 8
+    assert "gfid" not in first["metrics"] and first["metrics"]["is"] >= 1.0  # no reference: IS only
+    # Reference statistics of the exported PNGs; the same seed regenerates the same images: gFID ~ 0.
+    stats = tmp_path / "samples.npz"
+    fid_stats.main([str(tmp_path / "first" / "samples"), "--out", str(stats), "--size", "0", "--random-init",
+                    "--workers", "0", "--quiet"])  # fmt: skip
+    assert eval_imagenet.main([*common, "--ref-stats", str(stats), "--out", str(tmp_path / "second")]) == 0
+    second = json.loads((tmp_path / "second" / "metrics.json").read_text())["generator"]
+    assert abs(second["metrics"]["gfid"]) < 1e-6 * max(1.0, second["metrics"]["is"])
+    assert second["metrics"]["is"] == pytest.approx(first["metrics"]["is"], rel=1e-6)
+    assert second["protocol"]["reference_stats"]["sha256"] and second["protocol"]["checkpoint"]["sha256"]

@@ -72,6 +72,9 @@ def run_generator(args, rank: int, world: int, device: torch.device) -> dict:
     if not (args.ckpt and args.config):
         raise HalfUnavailable("generator half needs both --ckpt and --config")
     overrides = {"tokenizer_ckpt": args.tokenizer_ckpt} if args.tokenizer_ckpt else {}
+    # Seeded before building: anything the checkpoint does not cover (e.g. a random-init smoke tokenizer, which
+    # lives outside the C2I state dict) is then the same in every run and on every rank.
+    torch.manual_seed(args.seed)
     module = instantiate_from_spec(load_config_section(args.config), pl.LightningModule, **overrides)
     if not isinstance(module, C2IModule):
         raise HalfUnavailable(f"{args.config}: model is {type(module).__name__}, the C2I protocol needs C2IModule")
