@@ -183,6 +183,8 @@ def test_tokenizer_checkpoint_prefers_ema(tmp_path, tokenizer):
     load_frozen_tokenizer(fresh, str(path))
     for n, p in fresh.named_parameters():
         assert torch.equal(p, dict(tokenizer.named_parameters())[n] + 2), n
+    with pytest.raises(FileNotFoundError, match="model.tokenizer_ckpt"):
+        load_frozen_tokenizer(fresh, str(tmp_path / "missing.ckpt"))
     with pytest.raises(KeyError, match="tokenizer"):
         torch.save({"state_dict": {"foo": torch.zeros(1)}}, path)
         load_frozen_tokenizer(fresh, str(path))

@@ -14,6 +14,7 @@ The prefix is found by matching key sets, so no naming convention of the tokeniz
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
@@ -90,6 +91,12 @@ def freeze(tokenizer: nn.Module) -> nn.Module:
 def load_frozen_tokenizer(tokenizer: nn.Module, path: str | None) -> nn.Module:
     """Load weights from `path` (None keeps the tokenizer's own, e.g. random-initialised in tests) and freeze."""
     if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"model.tokenizer_ckpt: {path} does not exist. Give the HBQ tokenizer weights: a TokenizerModule "
+                "checkpoint (grn fit --config configs/tokenizer_image.yaml) or a released tokenizer converted with "
+                "tools/convert_official.py"
+            )
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         state, source = select_tokenizer_state(checkpoint, tokenizer)
         missing, unexpected = tokenizer.load_state_dict(state, strict=False)
