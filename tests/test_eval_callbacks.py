@@ -199,6 +199,36 @@ def test_two_process_validation_with_uneven_data_does_not_hang(tmp_path):
     assert entry["world_size"] == 2 and entry["protocol"]["frames_on_this_rank"] == 5
 
 
+class TinyTrainable(TinyReconModule):
+    def training_step(self, batch, batch_idx):
+        x = batch["pixels"]
+        return (blur_reconstruction(x) * self.scale - x).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return self._loader()
+
+
+def test_feature_networks_stay_out_of_checkpoints_and_optimisers(tmp_path):
+    callback = ReconstructionMetrics(random_init=True, rfid=False, rfvd=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=2, val_check_interval=2, callbacks=[callback], logger=False,
+        enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    module = TinyTrainable(per_rank=(2,))
+    trainer.fit(module)
+    assert "val/recon_psnr" in trainer.callback_metrics
+    (ckpt_path,) = tmp_path.rglob("*.ckpt")
+    checkpoint = torch.load(ckpt_path, weights_only=False)
+    assert list(checkpoint["state_dict"]) == ["scale"]  # no Inception / LPIPS / I3D tensors
+    assert [len(g["params"]) for g in checkpoint["optimizer_states"][0]["param_groups"]] == [1]
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if "ReconstructionMetrics" in k]
+    assert state == {"val_runs": 1}
+
+
 # ---- generation ------------------------------------------------------------------------------------------
 
 
