@@ -84,6 +84,9 @@ def test_tokenize_round_trip_flip_resume_and_datamodule(tmp_path, demo_image_sha
     assert len(tokenize_shards.main(args)) == 1 and shard.exists()
     assert not shard.with_name(shard.name + ".tmp").exists()
 
+    # Parts: with 2 parts, part 1 of a one-shard input has nothing to do.
+    assert tokenize_shards.main(args + ["--num-parts", "2", "--part", "1"]) == []
+
     # The data module reads the token shards (index labels, flips picked at random in training).
     from grn_lightning.data.datamodule import GRNDataModule
 
@@ -100,6 +103,9 @@ def test_bad_arguments_fail_clearly(tmp_path, tokenizer_files):
     with pytest.raises(SystemExit):
         tokenize_shards.main(["--input", str(tmp_path / "missing-{000000..000001}.tar"), "--output", str(tmp_path),
                               "--tokenizer-config", config])  # fmt: skip
+    with pytest.raises(SystemExit):
+        tokenize_shards.main(["--input", "x.tar", "--output", str(tmp_path), "--tokenizer-config", config,
+                              "--num-parts", "2", "--part", "2"])  # fmt: skip
     bad = tmp_path / "bad.yaml"
     bad.write_text("latent_channels: 8\n")
     with pytest.raises(ValueError, match="class_path"):

@@ -4,6 +4,7 @@
     python tools/tokenize_shards.py --input "data/imagenet-train-{000000..001023}.tar" --output data/tokens \
         --tokenizer-config configs/c2i_tokenizer.yaml --tokenizer-ckpt weights/hbq_tokenizer_16ch.pt \
         --resolution 256 --batch-size 64
+    torchrun --nproc_per_node 8 tools/tokenize_shards.py ... --bf16     # 8 GPUs, input shards split over ranks
 
 Every image is ADM-centre-cropped exactly as in training (the data layer's own decoder), encoded by the frozen
 tokenizer together with its horizontal flip (training picks one of the two, SPEC §8 "random horizontal flip"),
@@ -127,14 +128,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="encode under bf16 autocast (GPU)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--num-parts", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
+                        help="split the input shards over this many processes (default: $WORLD_SIZE, torchrun)")
+    parser.add_argument("--part", type=int, default=int(os.environ.get("RANK", 0)),
+                        help="this process's part: input shard i goes to part i mod num-parts (default: $RANK)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    if not 0 <= args.part < args.num_parts:
+        parser.error(f"--part must lie in [0, --num-parts={args.num_parts}), got {args.part}")
+    if args.device == "cuda" and "LOCAL_RANK" in os.environ:
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
 
     urls = expand_shards(args.input if "," not in args.input else args.input.split(","))
     missing = [u for u in urls if not os.path.exists(u)]
     if missing:
         parser.error(f"input shards not found: {missing[:5]}")
+    urls = urls[args.part :: args.num_parts]
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
