@@ -38,7 +38,7 @@ def _download_file(url: str, target: Path) -> None:
 def _download_dir(spec: WeightSpec, target: Path) -> None:
     repo_id = spec.url.removeprefix("https://huggingface.co/").strip("/")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # offline-ok: explicit fetch tool
     except ImportError as err:
         raise SystemExit(
             f"{spec.name} is a Hugging Face folder; install huggingface_hub or run "
