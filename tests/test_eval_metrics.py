@@ -169,7 +169,9 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
         logits = torch.from_numpy(_features(12, n=40, d=1008))
         score = InceptionScore(splits=1)
         score.update(logits[:25] if rank == 0 else logits[25:])
-        result = {"fid": float(fd.compute()), "is": float(score.compute()[0])}
+        sparse = InceptionScore(splits=1)  # rank 1 holds no samples at all, only an empty block
+        sparse.update(logits if rank == 0 else logits[:0])
+        result = {"fid": float(fd.compute()), "is": float(score.compute()[0]), "is_sparse": float(sparse.compute()[0])}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
             json.dump(result, handle)
     finally:
@@ -189,3 +191,4 @@ def test_two_rank_sync_equals_one_shot(tmp_path):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["fid"] == pytest.approx(expected_fid, rel=1e-9)  # identical on both ranks
         assert result["is"] == pytest.approx(float(one_shot.compute()[0]), rel=1e-6)
+        assert result["is_sparse"] == pytest.approx(float(one_shot.compute()[0]), rel=1e-6)

@@ -189,9 +189,12 @@ class GenerationEvaluator:
     @torch.no_grad()
     def update(self, images: torch.Tensor) -> None:
         """images: [B, 3, H, W] in [-1, 1]."""
-        if images.shape[0] == 0:
-            return
         device = self.inception.net.fc.weight.device
+        if images.shape[0] == 0:
+            # A rank whose share is only filler rows still contributes a (0, 1008) block, so the gathered
+            # logits have the same rank-2 layout on every rank (an empty state list would gather as 1-D).
+            self.metrics["is"].update(torch.empty(0, 1008, device=device))
+            return
         with _no_autocast(device):
             out = self.inception(images.to(device).float())
         self.metrics["is"].update(out.logits)
