@@ -199,6 +199,30 @@ def test_two_process_validation_with_uneven_data_does_not_hang(tmp_path):
     assert entry["world_size"] == 2 and entry["protocol"]["frames_on_this_rank"] == 5
 
 
+class TwoLoaderModule(TinyReconModule):
+    """Two evaluation sets (like the joint tokenizer's image and video validation sets)."""
+
+    def val_dataloader(self):
+        first = rank_data((4,), 0, 1)
+        second = rank_data((4, 2), 1, 1)  # photos 4-5: a different set
+        return [DataLoader(PaddedEvalSet(*first), batch_size=2), DataLoader(PaddedEvalSet(*second), batch_size=2)]
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        return self._step(batch)
+
+
+def test_reconstruction_metrics_score_each_dataloader_alone(tmp_path):
+    callback = ReconstructionMetrics(random_init=True, rfid=False, rfvd=False)
+    (results, _) = _trainer(tmp_path, [callback]).validate(TwoLoaderModule(), verbose=False)
+    first = expected_psnr((4,))
+    pixels, valid = rank_data((4, 2), 1, 1)
+    x = pixels[valid][:, :, 0]
+    second = float(psnr_per_image(blur_reconstruction(pixels[valid])[:, :, 0], x).mean())
+    assert results["val/recon_psnr"] == pytest.approx(first, rel=1e-5)
+    assert results["val/recon_dl1_psnr"] == pytest.approx(second, rel=1e-5)
+    assert abs(first - second) > 1e-3  # the two sets really differ
+
+
 class TinyTrainable(TinyReconModule):
     def training_step(self, batch, batch_idx):
         x = batch["pixels"]

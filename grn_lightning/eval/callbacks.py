@@ -77,7 +77,8 @@ class ReconstructionMetrics(_EveryNValidationRuns):
     Consumes what the LightningModule's ``validation_step`` / ``test_step`` returns:
     ``{"real": x, "fake": x_hat, "valid": bool[B]}`` with x, x_hat in [-1, 1] shaped [B, 3, T, H, W] (T = 1 for
     images); rows with valid=False are padding and are ignored. Runs on every ``every_n_val_runs``-th
-    validation and on every ``test``. Logged as ``{stage}/{log_prefix}_{psnr,ssim,lpips,rfid,rfvd}``.
+    validation and on every ``test``. Logged as ``{stage}/{log_prefix}_{psnr,ssim,lpips,rfid,rfvd}`` for the first
+    evaluation dataloader and ``{stage}/{log_prefix}_dl{k}_...`` for dataloader k > 0 (each set scored alone).
 
     Args:
         every_n_val_runs: evaluate on validation runs N, 2N, ... (sanity checks excluded).
@@ -114,49 +115,52 @@ class ReconstructionMetrics(_EveryNValidationRuns):
             lpips_backbone=lpips_backbone, random_init=random_init, feature_batch_size=feature_batch_size,
         )  # fmt: skip
         self.log_prefix = log_prefix
-        self._evaluator: ReconstructionEvaluator | None = None
-        self._active = False
+        self._networks: ReconstructionEvaluator | None = None
+        self._evaluators: list[ReconstructionEvaluator] = []  # one metric set per evaluation dataloader
 
-    def _start(self, pl_module: pl.LightningModule) -> None:
-        if self._evaluator is None:  # built lazily: no weight loading when the callback is only configured
-            self._evaluator = ReconstructionEvaluator(**self.options)
-        self._evaluator.to(pl_module.device)
-        self._evaluator.reset()
-        self._active = True
+    def _start(self, pl_module: pl.LightningModule, num_batches: list) -> None:
+        if self._networks is None:  # built lazily: no weight loading when the callback is only configured
+            self._networks = ReconstructionEvaluator(**self.options)
+        self._networks.to(pl_module.device)
+        # Separate metrics per dataloader (e.g. the image and the video validation sets of the joint
+        # tokenizer): an rFID over image inputs mixed with video frames would describe neither set.
+        count = max(1, len(num_batches))
+        self._evaluators = [self._networks] + [self._networks.with_fresh_metrics() for _ in range(count - 1)]
+        for evaluator in self._evaluators:
+            evaluator.to(pl_module.device).reset()
 
-    def _consume(self, outputs) -> None:
-        if not self._active:
+    def _consume(self, outputs, dataloader_idx: int) -> None:
+        if not self._evaluators:
             return
         if not isinstance(outputs, Mapping) or "real" not in outputs or "fake" not in outputs:
             raise TypeError(
                 "ReconstructionMetrics needs validation_step/test_step to return "
                 "{'real': x, 'fake': x_hat, 'valid': bool[B]}, got " + type(outputs).__name__
             )
-        self._evaluator.update(outputs["real"], outputs["fake"], outputs.get("valid"))
+        self._evaluators[dataloader_idx].update(outputs["real"], outputs["fake"], outputs.get("valid"))
 
     def _finish(self, trainer, pl_module, stage: str) -> None:
-        if not self._active:
-            return
-        self._active = False
-        results = self._evaluator.compute()
-        self._record(trainer, pl_module, stage, self.log_prefix, results, self._evaluator.protocol())
-        self._evaluator.reset()
+        evaluators, self._evaluators = self._evaluators, []
+        for index, evaluator in enumerate(evaluators):  # same order on every rank: compute() syncs
+            prefix = self.log_prefix if index == 0 else f"{self.log_prefix}_dl{index}"
+            self._record(trainer, pl_module, stage, prefix, evaluator.compute(), evaluator.protocol())
+            evaluator.reset()
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if self._start_validation_run(trainer):
-            self._start(pl_module)
+            self._start(pl_module, trainer.num_val_batches)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._consume(outputs)
+        self._consume(outputs, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._finish(trainer, pl_module, "val")
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self._start(pl_module)
+        self._start(pl_module, trainer.num_test_batches)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._consume(outputs)
+        self._consume(outputs, dataloader_idx)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._finish(trainer, pl_module, "test")

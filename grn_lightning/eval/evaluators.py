@@ -7,6 +7,7 @@ Nothing here knows about Lightning.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,13 @@ class ReconstructionEvaluator:
             self.metrics["rfvd"] = FrechetDistance(400)
         self.frames_seen = 0
         self.short_clips_skipped = 0
+
+    def with_fresh_metrics(self) -> ReconstructionEvaluator:
+        """An evaluator sharing these (frozen) networks with its own, empty metrics."""
+        other = copy.copy(self)
+        other.metrics = {name: metric.clone() for name, metric in self.metrics.items()}
+        other.reset()
+        return other
 
     def to(self, device: torch.device | str) -> ReconstructionEvaluator:
         for net in (self.lpips, *self.extra_lpips.values(), self.inception, self.i3d, *self.metrics.values()):
