@@ -17,6 +17,7 @@ from torch import nn
 from grn_lightning.weights import resolve_weight
 
 __all__ = [
+    "FrozenFeatureNetwork",
     "InceptionFeatureExtractor",
     "InceptionOutput",
     "build_fid_inception",
@@ -78,6 +79,34 @@ def build_fid_inception() -> nn.Module:
     return net
 
 
+class FrozenFeatureNetwork(nn.Module):
+    """A metric network held in ``self.net``: weights from the offline registry (or seeded random), no
+    gradients, always in eval mode (batch-norm statistics never update, dropout never fires).
+
+    Args:
+        net: the network of the true structure.
+        weight_name: its registry entry in ``grn_lightning.weights.WEIGHTS``.
+        weights_path: explicit weight path, searched before ``$GRN_WEIGHTS`` and the hub cache.
+        random_init: keep the structure, load nothing, use seeded random weights (tests, benchmarks).
+    """
+
+    def __init__(self, net: nn.Module, weight_name: str, weights_path: str | None, random_init: bool):
+        super().__init__()
+        self.net = net
+        self.weights_file: str | None = None
+        if random_init:
+            seeded_random_init_(net)
+        else:
+            path = resolve_weight(weight_name, weights_path)
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.weights_file = os.fspath(path)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FrozenFeatureNetwork:
+        return super().train(False)
+
+
 class InceptionOutput(NamedTuple):
     pool: torch.Tensor  # [B, 2048] pool3 features (FID)
     logits: torch.Tensor  # [B, 1008] unbiased logits (IS, as the ADM / torch-fidelity evaluators)
@@ -90,7 +119,7 @@ _INCEPTION_STEM = (
 )  # fmt: skip
 
 
-class InceptionFeatureExtractor(nn.Module):
+class InceptionFeatureExtractor(FrozenFeatureNetwork):
     """FID Inception-V3: images in [-1, 1] -> pool3 features [B, 2048] and logits [B, 1008].
 
     Preprocessing follows ``pytorch_fid.inception.InceptionV3`` (bilinear resize to 299x299,
@@ -104,21 +133,8 @@ class InceptionFeatureExtractor(nn.Module):
     """
 
     def __init__(self, weights_path: str | None = None, random_init: bool = False, quantize_uint8: bool = True):
-        super().__init__()
-        self.net = build_fid_inception()
-        self.weights_file: str | None = None
-        if random_init:
-            seeded_random_init_(self.net)
-        else:
-            path = resolve_weight("fid_inception", weights_path)
-            self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            self.weights_file = os.fspath(path)
+        super().__init__(build_fid_inception(), "fid_inception", weights_path, random_init)
         self.quantize_uint8 = quantize_uint8
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> InceptionFeatureExtractor:
-        return super().train(False)  # frozen metric network: batch-norm statistics never update
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> InceptionOutput:

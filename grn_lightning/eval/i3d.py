@@ -10,14 +10,12 @@ FVD uses the 400 Kinetics logits of 224x224 clips in [-1, 1], averaged over the 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grn_lightning.eval.features import seeded_random_init_
-from grn_lightning.weights import resolve_weight
+from grn_lightning.eval.features import FrozenFeatureNetwork
 
 __all__ = ["I3DFeatureExtractor", "InceptionI3d", "preprocess_clips_for_i3d", "I3D_MIN_FRAMES"]
 
@@ -157,7 +155,7 @@ def preprocess_clips_for_i3d(clips: torch.Tensor, size: int = 224) -> torch.Tens
     return frames.reshape(b, t, c, size, size).permute(0, 2, 1, 3, 4)
 
 
-class I3DFeatureExtractor(nn.Module):
+class I3DFeatureExtractor(FrozenFeatureNetwork):
     """Frozen I3D: clips [B, 3, T, H, W] in [-1, 1] (T >= 9) -> FVD features [B, 400].
 
     Args:
@@ -166,20 +164,7 @@ class I3DFeatureExtractor(nn.Module):
     """
 
     def __init__(self, weights_path: str | None = None, random_init: bool = False):
-        super().__init__()
-        self.net = InceptionI3d(num_classes=400)
-        self.weights_file: str | None = None
-        if random_init:
-            seeded_random_init_(self.net)
-        else:
-            path = resolve_weight("i3d_kinetics400", weights_path)
-            self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            self.weights_file = os.fspath(path)
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> I3DFeatureExtractor:
-        return super().train(False)  # frozen metric network
+        super().__init__(InceptionI3d(num_classes=400), "i3d_kinetics400", weights_path, random_init)
 
     @torch.no_grad()
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
