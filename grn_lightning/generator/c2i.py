@@ -209,6 +209,10 @@ class C2IModule(L.LightningModule):
         # Fused AdamW on plain CUDA tensors; the foreach implementation for FSDP2's DTensors.
         fused = {"fused": True} if self.device.type == "cuda" and not parallelize.is_sharded(self.model) else {}
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(hp.betas), **fused)
+        # A fused AdamW announces that it unscales AMP gradients itself, and Lightning then refuses gradient
+        # clipping (the recipe clips at 0.1). Unset, a GradScaler (fp16 only; bf16 has none) unscales before the
+        # step as for any optimiser, so clipping sees true gradients and the fused kernel still does the update.
+        optimizer._step_supports_amp_scaling = False
         scheduler = warmup_constant_scheduler(optimizer, self.warmup_total_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
