@@ -19,14 +19,17 @@ import torch
 STEPS = 3
 
 
-def _full_state(module) -> dict[str, torch.Tensor]:
-    """Full (unsharded) fp32 copies of the raw and EMA weights, collective under FSDP2 / FSDP1."""
+def _full_state(module, root=None) -> dict[str, torch.Tensor]:
+    """Full (unsharded) fp32 copies of the raw and EMA weights, collective under FSDP2 / FSDP1.
+
+    FSDP1: the parameters are gathered through the ROOT wrapper (`trainer.strategy.model`); summoning a nested
+    unit first would make it a root and break the real root's lazy initialisation at the next forward."""
     if type(module.model).__name__ == "FullyShardedDataParallel":
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         out = {}
-        for prefix, net in (("model", module.model), ("ema", module.ema)):
-            with FSDP.summon_full_params(net, writeback=False):
+        with FSDP.summon_full_params(root, writeback=False):
+            for prefix, net in (("model", module.model), ("ema", module.ema)):
                 for name, p in net.named_parameters():
                     clean = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
                     out[f"{prefix}.{clean}"] = p.detach().float().cpu().clone()
@@ -49,11 +52,12 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
         """Writes the full weights right after restore (train start) and at the end of training."""
 
         def _dump(self, trainer, pl_module, tag: str) -> None:
-            state = _full_state(pl_module)  # collective: every rank calls it, every rank writes its copy
+            state = _full_state(pl_module, trainer.strategy.model)  # collective: every rank calls it, every rank writes its copy
             path = os.path.join(out_dir, f"{mode}-{phase}-{tag}-rank{trainer.global_rank}.pt")
             from grn_lightning.generator.parallelize import is_sharded
 
-            sharded = [is_sharded(pl_module.model), is_sharded(pl_module.ema)] if mode != "fsdp1_gpu" else [None]
+            fsdp1 = mode.startswith("fsdp1")
+            sharded = [None] if fsdp1 else [is_sharded(pl_module.model), is_sharded(pl_module.ema)]
             torch.save({"state": state, "step": trainer.global_step, "sharded": sharded}, path)
 
         def on_train_start(self, trainer, pl_module) -> None:
@@ -79,7 +83,7 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
         # "fsdp2": sharded (distributed) checkpoint directory; "fsdp2_full": one consolidated file from rank 0.
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
                                          save_distributed_checkpoint=(mode == "fsdp2"))  # fmt: skip
-    elif mode == "fsdp1_gpu":
+    elif mode.startswith("fsdp1_gpu"):
         # GPU only: Lightning FSDPStrategy (FSDP1) with the wrap policy of configs/c2i_fsdp1.yaml.
         from lightning.pytorch.strategies import FSDPStrategy
 
@@ -94,7 +98,7 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
         strategy = "ddp"
     ckpt = os.path.join(out_dir, f"{mode}.ckpt")
     trainer = L.Trainer(
-        accelerator=accelerator, devices=2, strategy=strategy, precision=precision,
+        accelerator=accelerator, devices=1 if mode == "fsdp1_gpu1" else 2, strategy=strategy, precision=precision,
         max_steps=STEPS * (2 if phase == "resume" else 1),
         gradient_clip_val=0.1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[Snapshot()], default_root_dir=out_dir, log_every_n_steps=1,
@@ -160,6 +164,26 @@ def test_fsdp1_two_gpus_training_and_resume_keeps_ema(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fsdp1_one_gpu_training_checkpoint_and_resume_keeps_ema(tmp_path):
+    """Lightning FSDPStrategy on 1 GPU (the issue's single-GPU check): sharded checkpoint, resume, EMA intact."""
+    out = str(tmp_path)
+    _run("fsdp1_gpu1", "first", out)
+    _run("fsdp1_gpu1", "resume", out)
+    saved = torch.load(os.path.join(out, "fsdp1_gpu1-first-end-rank0.pt"))
+    restored = torch.load(os.path.join(out, "fsdp1_gpu1-resume-start-rank0.pt"))
+    final = torch.load(os.path.join(out, "fsdp1_gpu1-resume-end-rank0.pt"))
+    assert saved["step"] == STEPS and restored["step"] == STEPS and final["step"] == 2 * STEPS
+    assert any(k.startswith("ema.") for k in saved["state"])
+    for name, value in saved["state"].items():
+        assert torch.equal(restored["state"][name], value), f"{name} not restored exactly"
+    ema = next(k for k in saved["state"] if k.startswith("ema.") and "blocks.0.attn.qkv.weight" in k)
+    assert not torch.equal(saved["state"][ema], saved["state"][ema.replace("ema.", "model.", 1)])  # EMA != raw
+    assert not torch.equal(final["state"][ema], saved["state"][ema])  # and it kept updating after the resume
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_bf16_compiled_training_step_learns(tmp_path):
     """bf16-mixed + per-block torch.compile + activation checkpointing on one GPU: the loss falls."""
@@ -169,8 +193,9 @@ def test_gpu_bf16_compiled_training_step_learns(tmp_path):
 
     torch.manual_seed(0)
     tokens = torch.randint(0, 16, (8, 4, 1, 4, 4))
-    batch = {"tokens": tokens, "cls": torch.arange(8) % 4, "valid": torch.ones(8, dtype=torch.bool)}
-    module = C2IModule(size="tiny", channels=4, num_classes=4, grid_size=4, in_context_tokens=4, lr=3e-3,
+    batch = {"tokens": tokens, "cls": torch.arange(8), "valid": torch.ones(8, dtype=torch.bool)}
+    module = C2IModule(size="tiny", channels=4, num_classes=8, label_dropout=0.0, grid_size=4, in_context_tokens=4,
+                       lr=3e-3,
                        compile="block", activation_checkpointing=True, ema_decay=0.9)  # fmt: skip
     losses = []
 
@@ -178,11 +203,12 @@ def test_gpu_bf16_compiled_training_step_learns(tmp_path):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=60, logger=False,
+    trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=100, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[Log()],
                         default_root_dir=str(tmp_path))  # fmt: skip
-    trainer.fit(module, torch.utils.data.DataLoader([batch] * 60, batch_size=None))
-    assert losses[-1] < 0.6 * losses[0], losses[::10]
+    trainer.fit(module, torch.utils.data.DataLoader([batch] * 100, batch_size=None))
+    # one token map per class: memorisable, so the loss falls far below the uniform guess ln 16 = 2.77
+    assert sum(losses[-10:]) / 10 < 0.6 * losses[0], losses[::10]
     images_free = module.sample_labels(torch.arange(4, device="cuda"), torch.Generator("cuda").manual_seed(0), steps=4)
     assert images_free.labels.shape == (4, 16, 4)
 
