@@ -36,5 +36,33 @@ test: install  ## run the whole test suite (CPU)
 test-fast: install  ## tests without the slow marker
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# ImageNet-256 protocols (SPEC §7) through tools/eval_imagenet.py; results in $(EVAL_OUT)/metrics.json.
+#   generator half: make eval-imagenet CKPT=runs/c2i_b/last.ckpt CONFIG=configs/c2i_grn_b.yaml \
+#                       TOKENIZER_CKPT=hbq16.pt REF_STATS=VIRTUAL_imagenet256_labeled.npz
+#   tokenizer half: make eval-imagenet TOKENIZER_CKPT=... TOKENIZER_CONFIG=configs/tokenizer_image.yaml \
+#                       IMAGENET_VAL=/data/imagenet/val
+# Either half runs when its inputs are given; EVAL_ARGS passes anything else (e.g. --png, --random-init,
+# --num-samples 1000, --sampling '{"cfg_scale": 2.4}'). Multi-GPU: EVAL_LAUNCH="torchrun --nproc_per_node 8".
+CKPT ?=
+CONFIG ?=
+REF_STATS ?=
+TOKENIZER_CKPT ?=
+TOKENIZER_CONFIG ?=
+IMAGENET_VAL ?=
+NUM_SAMPLES ?= 50000
+EVAL_OUT ?= $(OUT)/eval_imagenet
+EVAL_ARGS ?=
+EVAL_LAUNCH ?= $(BIN)/python
+eval-imagenet: install  ## ImageNet gFID/IS (CKPT, CONFIG, REF_STATS) and/or tokenizer rFID/PSNR (IMAGENET_VAL)
+	@test -n "$(CKPT)$(CONFIG)$(IMAGENET_VAL)" || { echo "eval-imagenet: give CKPT=... CONFIG=... (generator half) and/or IMAGENET_VAL=... TOKENIZER_CONFIG=... (tokenizer half); see the Makefile comment"; exit 2; }
+	$(EVAL_LAUNCH) tools/eval_imagenet.py --out $(EVAL_OUT) --num-samples $(NUM_SAMPLES) \
+	  $(if $(CKPT),--ckpt $(CKPT)) $(if $(CONFIG),--config $(CONFIG)) $(if $(REF_STATS),--ref-stats $(REF_STATS)) \
+	  $(if $(TOKENIZER_CKPT),--tokenizer-ckpt $(TOKENIZER_CKPT)) \
+	  $(if $(TOKENIZER_CONFIG),--tokenizer-config $(TOKENIZER_CONFIG)) \
+	  $(if $(IMAGENET_VAL),--imagenet-val $(IMAGENET_VAL)) $(EVAL_ARGS)
+
+bench-gpu:  ## GPU machine: GPU tests and every benchmark of BENCHMARKS.md (JSON lines under results/)
+	bash benchmarks/run_gpu.sh tests train tokenizer sample
+
 clean:  ## remove build products and outputs (keeps .venv and data)
 	rm -rf $(OUT) lightning_logs .pytest_cache build *.egg-info

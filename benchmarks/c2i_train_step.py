@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import grn_lightning  # noqa: F401  (torchvision compatibility before lightning)
@@ -59,7 +60,30 @@ class StepTimer(L.Callback):
         self.elapsed = time.perf_counter() - self._start
 
 
-def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warmup: int, ac: bool, device: str) -> dict:
+class KernelProfile(L.Callback):
+    """--profile: torch.profiler over 3 steps after warm-up; the top kernels by GPU time go to stderr."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.prof = warmup, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            from torch.profiler import ProfilerActivity, profile
+
+            self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self.prof.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.prof is not None and batch_idx == self.warmup + 2:
+            torch.cuda.synchronize()
+            self.prof.__exit__(None, None, None)
+            table = self.prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70)
+            print(table, file=sys.stderr, flush=True)
+            self.prof = None
+
+
+def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warmup: int, ac: bool, device: str,
+        profile: bool = False) -> dict:
     from grn_lightning.generator.c2i import C2IModule
 
     torch.set_float32_matmul_precision("high")
@@ -78,7 +102,7 @@ def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warm
     trainer = L.Trainer(
         accelerator=device, devices=1, precision="bf16-mixed", max_steps=warmup + steps, gradient_clip_val=0.1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer], log_every_n_steps=50,
+        callbacks=[timer] + ([KernelProfile(warmup)] if profile else []), log_every_n_steps=50,
     )  # fmt: skip
     trainer.fit(module, data)
     step_s = timer.elapsed / steps
@@ -103,6 +127,7 @@ def main() -> None:
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
+    parser.add_argument("--profile", action="store_true", help="top GPU kernels of 3 steps to stderr (slows them)")
     parser.add_argument("--device", default="gpu", choices=["gpu", "cpu"], help="cpu: a smoke run of the script")
     args = parser.parse_args()
     if args.device == "gpu" and not torch.cuda.is_available():
@@ -113,7 +138,7 @@ def main() -> None:
         parser.error("--batch needs one value per --sizes entry")
     for size, batch in zip(args.sizes, batches):
         print(json.dumps(run(size, batch, args.variant, args.compile, args.steps, args.warmup,
-                             args.activation_checkpointing, args.device)), flush=True)  # fmt: skip
+                             args.activation_checkpointing, args.device, args.profile)), flush=True)  # fmt: skip
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU measurements of BENCHMARKS.md, in parts that each fit a 10-minute device call (`make bench-gpu` runs all).
+#   bash benchmarks/run_gpu.sh tests      # pytest -m gpu (bf16/compile, FSDPStrategy 1-GPU resume with EMA)
+#   bash benchmarks/run_gpu.sh train      # C2I train-step MFU (GRN-B b256, GRN-L b128, bf16 + compile)
+#   bash benchmarks/run_gpu.sh tokenizer  # full tokenizer train step, bf16 vs fp32, images and 17-frame clips
+#   bash benchmarks/run_gpu.sh sample     # C2I sampling fixed vs adaptive, continuous batching, eval networks
+# JSON lines go to $RESULTS/<benchmark>.jsonl (default results/), logs next to them.
+set -uo pipefail
+[ $# -gt 0 ] || { echo "usage: run_gpu.sh tests|train|tokenizer|sample ..."; exit 2; }
+RESULTS="${RESULTS:-results}"
+PY="${PYTHON:-python3}"
+mkdir -p "$RESULTS"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RESULTS/device.txt" 2>&1
+git rev-parse --short HEAD >> "$RESULTS/device.txt" 2>/dev/null || true
+
+bench() {  # bench NAME SCRIPT ARGS...: JSON lines to NAME.jsonl, everything else to NAME.log
+  local name="$1"; shift
+  echo "== $name $*"
+  "$PY" "$@" > >(tee -a "$RESULTS/$name.jsonl" | grep '^{') 2>> "$RESULTS/$name.log" || echo "!! $name failed (see $name.log)"
+}
+
+for PART in "$@"; do
+  case "$PART" in
+    tests)
+      "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_c2i_distributed.py tests/test_transformer.py \
+        -o log_cli=false --show-capture=stderr > "$RESULTS/pytest_gpu.log" 2>&1; grep -E "passed|failed|Error" "$RESULTS/pytest_gpu.log" | tail -15 ;;
+    train)
+      bench c2i_train_step benchmarks/c2i_train_step.py --sizes B L --compile block --steps 20 --warmup 8 ;;
+    tokenizer)
+      bench tokenizer_step benchmarks/tokenizer_step.py --steps 5 --warmup 2 ;;
+    sample)
+      bench c2i_sample benchmarks/c2i_sample.py --size B --batch 256 --rounds 2 --steps 50
+      bench sampler_continuous benchmarks/sampler_continuous.py --size B --requests 512 --slots 128
+      bench eval_throughput benchmarks/eval_throughput.py ;;
+    *) echo "unknown part $PART"; exit 2 ;;
+  esac
+done
