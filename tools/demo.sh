@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# `make demo`: every stage end to end on the real demo shards, on CPU, in minutes.
+# `make demo`: every stage end to end on the real demo shards, on CPU, in a few minutes.
+#   1. data      one batch of each kind (images, 17-frame clips) from the WebDataset shards
+#   2. tokenizer tiny HBQ tokenizer, a few hundred steps (L1 + LPIPS + PatchGAN, two optimisers), then
+#                `grn test` (PSNR/SSIM/LPIPS table) and reconstructions of held-out photos + metrics.json
+#   3. C2I       tiny GRN_ind and GRN_bit on labels from that tokenizer, then `grn predict`: class-conditional
+#                samples (adaptive steps) and a region edit of a held-out photo
+#   4. eval      `make eval-imagenet` on a folder of held-out photos standing in for ImageNet val
+# Metric networks are random-initialised here (no weight downloads): the numbers show the pipeline, not quality.
 # Environment (set by the Makefile): GRN_DEMO_DATA (demo shards), OUT (outputs), BIN (venv bin folder).
 set -euo pipefail
 : "${GRN_DEMO_DATA:=data/demo}" "${OUT:=outputs}" "${BIN:=.venv/bin}"
+: "${TOKENIZER_STEPS:=300}" "${C2I_STEPS:=200}"
 export GRN_DEMO_DATA
+SHARDS="$GRN_DEMO_DATA/shards"
 mkdir -p "$OUT"
+GRN="$BIN/grn"
 
-echo "== data: one batch of each kind from the demo shards"
+echo "== 1/4 data: one batch of each kind from the demo shards"
 "$BIN/python" - <<'PY'
 import os
 import grn_lightning  # noqa: F401
@@ -22,3 +32,42 @@ for _ in range(4):
     batch = dm.on_after_batch_transfer(next(batches), 0)
     print(f"  pixels {tuple(batch['pixels'].shape)}  classes {batch['cls'].tolist()}  '{batch['caption'][0]}'")
 PY
+
+echo "== 2/4 tokenizer: tiny HBQ tokenizer, $TOKENIZER_STEPS steps on the demo photos"
+TOK="$OUT/tokenizer"
+TOK_ARGS=(--config configs/smoke/tokenizer_image.yaml
+  --trainer.default_root_dir "$TOK" --trainer.logger.init_args.save_dir "$TOK" --trainer.logger.init_args.version demo
+  --data.train_shards "$SHARDS/images-train-{000000..000003}.tar"
+  --data.val_shards "$SHARDS/images-val-{000000..000001}.tar"
+  --data.test_shards "$SHARDS/images-test-{000000..000000}.tar")
+"$GRN" fit "${TOK_ARGS[@]}" --trainer.max_steps "$TOKENIZER_STEPS" --trainer.val_check_interval 100
+TOK_CKPT="$TOK/tb/demo/checkpoints/last.ckpt"
+"$GRN" test "${TOK_ARGS[@]}" --ckpt_path "$TOK_CKPT"
+
+echo "== 3/4 C2I: GRN_ind and GRN_bit on the tokenizer's labels, $C2I_STEPS steps each"
+for VARIANT in ind bit; do
+  C2I_CONFIGS=(--config configs/smoke/c2i_ind.yaml)
+  [ "$VARIANT" = bit ] && C2I_CONFIGS+=(--config configs/smoke/c2i_bit.yaml)
+  RUN="$OUT/c2i_$VARIANT"
+  "$GRN" fit "${C2I_CONFIGS[@]}" --model.init_args.tokenizer_ckpt "$TOK_CKPT" \
+    --trainer.default_root_dir "$RUN" --trainer.logger.init_args.save_dir "$RUN" \
+    --trainer.logger.init_args.version demo --trainer.max_steps "$C2I_STEPS" --trainer.val_check_interval "$C2I_STEPS" \
+    --data.train_shards "$SHARDS/images-train-{000000..000003}.tar" --data.val_shards "$SHARDS/images-val-{000000..000001}.tar"
+  # Samples of every class with adaptive steps, and a region edit: the centre of a held-out photo regenerated
+  # as class 1 (the cat) while every token outside the region keeps the photo's value.
+  "$GRN" predict "${C2I_CONFIGS[@]}" --config configs/c2i_predict.yaml --model.init_args.tokenizer_ckpt "$TOK_CKPT" \
+    --ckpt_path "$RUN/tb/demo/checkpoints/last.ckpt" --trainer.accelerator cpu \
+    --trainer.callbacks.output_dir "$RUN/samples" --trainer.callbacks.grid_size 32 \
+    --data.class_ids "[0, 1, 2, 3, 4, 5, 6, 7]" --data.samples_per_class 4 --data.batch_size 16 \
+    --data.resolution 64 --data.sampling "{steps: 8, adaptive: {t0: 2, k: 8.0, b: 0.0, t_min: 4, t_max: 8}}" \
+    --data.edit_image "$GRN_DEMO_DATA/raw/test/motorcycle_right_00.jpg" --data.edit_region "[0.25, 0.25, 0.75, 0.75]" \
+    --data.edit_class 1 --data.edit_samples 2
+  echo "   samples: $RUN/samples (grid.png, one PNG per sample, edits)"
+done
+
+echo "== 4/4 eval: make eval-imagenet on held-out demo photos (tokenizer half) and the GRN_ind checkpoint"
+make --no-print-directory eval-imagenet BIN="$BIN" EVAL_OUT="$OUT/eval_imagenet" \
+  CKPT="$OUT/c2i_ind/tb/demo/checkpoints/last.ckpt" CONFIG=configs/smoke/c2i_ind.yaml NUM_SAMPLES=32 \
+  TOKENIZER_CKPT="$TOK_CKPT" TOKENIZER_CONFIG=configs/smoke/tokenizer_image.yaml IMAGENET_VAL="$GRN_DEMO_DATA/raw/test" \
+  EVAL_ARGS="--random-init --size 64 --batch-size 16 --tokenizer-batch-size 8 --workers 0 --is-splits 2 --recon-grid 8"
+echo "== demo done: TensorBoard logs, checkpoints, samples and metrics under $OUT (tensorboard --logdir $OUT)"

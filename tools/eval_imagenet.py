@@ -140,6 +140,17 @@ def build_tokenizer(config: str, checkpoint: str | None) -> torch.nn.Module:
     return load_frozen_tokenizer(instantiate_from_spec(spec), checkpoint)
 
 
+def _save_reconstruction_grid(batches: list, count: int, path: Path) -> None:
+    """First `count` inputs (top row) over their reconstructions (bottom row), one PNG."""
+    from torchvision.utils import save_image
+
+    real = torch.cat([r for r, _ in batches])[:count]
+    fake = torch.cat([f for _, f in batches])[:count]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((torch.cat([real, fake]) + 1) / 2, path, nrow=len(real), padding=2)
+    print(f"wrote {path}")
+
+
 def run_tokenizer(args, rank: int, world: int, device: torch.device) -> dict:
     from tqdm.auto import tqdm
 
@@ -160,7 +171,7 @@ def run_tokenizer(args, rank: int, world: int, device: torch.device) -> dict:
         lpips_net="alex", rfid=True, rfvd=False, inception_weights=args.inception_weights,
         random_init=args.random_init, extra_lpips=("vgg",),
     ).to(device)  # fmt: skip
-    start, seen = time.time(), 0
+    start, seen, grid = time.time(), 0, []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.tokenizer_bf16)
     for images, _ in tqdm(loader, desc="tokenizer", disable=rank != 0, unit="batch"):
         x = images.to(device).unsqueeze(2)  # an image is a 1-frame video: [B, 3, 1, H, W]
@@ -168,7 +179,11 @@ def run_tokenizer(args, rank: int, world: int, device: torch.device) -> dict:
             x_hat, _ = tokenizer(x)
         evaluator.update(x, x_hat.float().clamp(-1, 1), valid[seen : seen + x.shape[0]])
         seen += x.shape[0]
+        if rank == 0 and sum(len(g) for g, _ in grid) < args.recon_grid:
+            grid.append((x[:, :, 0].cpu(), x_hat[:, :, 0].float().clamp(-1, 1).cpu()))
     metrics = evaluator.compute()
+    if grid:
+        _save_reconstruction_grid(grid, args.recon_grid, Path(args.out) / "reconstructions.png")
     return {
         "metrics": metrics,
         "protocol": {
@@ -216,6 +231,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tok.add_argument("--size", type=int, default=256, help="ADM centre-crop size")
     tok.add_argument("--tokenizer-batch-size", type=int, default=32)
     tok.add_argument("--tokenizer-bf16", action="store_true", help="run the tokenizer under bf16 autocast")
+    tok.add_argument("--recon-grid", type=int, default=0,
+                     help="save the first N inputs over their reconstructions as OUT/reconstructions.png")
     tok.add_argument("--workers", type=int, default=4)
     parser.add_argument("--out", required=True, help="output folder (metrics.json, samples/)")
     parser.add_argument("--inception-weights", default=None, help="explicit pt_inception-2015-12-05 path")
