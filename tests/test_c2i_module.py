@@ -247,3 +247,26 @@ def test_bad_class_ids_fail_before_the_step(tmp_path, photo_batch):
     batch = {"tokens": photo_batch["tokens"], "cls": cls, "valid": torch.ones(4, dtype=torch.bool)}
     with pytest.raises(ValueError, match="class ids must lie in"):
         _fit(module, batch, 1, str(tmp_path))
+
+
+def test_gradient_clipping_goes_through_the_fsdp1_root(monkeypatch):
+    """FSDPStrategy (FSDP1): Lightning's FSDPPrecision refuses norm clipping, so the module clips through the root
+    wrapper's collective `clip_grad_norm_`; any other strategy keeps Lightning's own clipping."""
+    from types import SimpleNamespace
+
+    from grn_lightning.generator import parallelize
+
+    assert not parallelize.is_fsdp1_root(torch.nn.Linear(2, 2)) and not parallelize.is_fsdp1_root(None)
+    calls = []
+    root = SimpleNamespace(clip_grad_norm_=lambda value: calls.append(("fsdp1_root", value)))
+    module = tiny_module()
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(model=root))
+    monkeypatch.setattr(module, "clip_gradients", lambda opt, val, algo: calls.append(("lightning", val, algo)))
+    monkeypatch.setattr(parallelize, "is_fsdp1_root", lambda model: model is root)
+    module.configure_gradient_clipping(None, 0.1, "norm")
+    module.configure_gradient_clipping(None, 0.5, "value")  # value clipping: not FSDP1's call, Lightning decides
+    module.configure_gradient_clipping(None, None, None)  # no clipping configured: nothing is clipped
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(model=torch.nn.Linear(2, 2)))  # DDP / one device
+    module.configure_gradient_clipping(None, 0.1, "norm")
+    assert calls == [("fsdp1_root", 0.1), ("lightning", 0.5, "value"), ("lightning", None, None),
+                     ("lightning", 0.1, "norm")]  # fmt: skip

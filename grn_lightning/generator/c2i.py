@@ -216,6 +216,16 @@ class C2IModule(L.LightningModule):
         scheduler = warmup_constant_scheduler(optimizer, self.warmup_total_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's FSDPPrecision (FSDPStrategy, FSDP1) refuses norm clipping ("not supported for FSDPPrecision"):
+        # the norm of flat, sharded gradients needs the collective `clip_grad_norm_` of the ROOT FSDP wrapper.
+        # DDP, one device and FSDP2 (DTensor gradients) go through Lightning's own clipping unchanged.
+        root = self.trainer.strategy.model
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and parallelize.is_fsdp1_root(root):
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         self.update_ema()

@@ -91,6 +91,13 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
+def is_fsdp1_root(model: nn.Module | None) -> bool:
+    """True for a FSDP1 `FullyShardedDataParallel` wrapper (what Lightning's FSDPStrategy puts around the module)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)
+
+
 def _blocks(model: nn.Module) -> nn.ModuleList:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.ModuleList):
