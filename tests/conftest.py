@@ -12,6 +12,16 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (10-100x slower on a loaded 2-core machine, where
+    the second thread spin-waits). Files of tiny-model tests use it with `pytestmark`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> dict[str, str]:
     """{split: brace pattern}: images-train/val/test, videos-train/val. Set GRN_DEMO_DATA to reuse a build."""

@@ -75,12 +75,7 @@ def test_full_sizes_build_on_meta_with_spec_counts(size):
     assert sum(p.numel() for p in module.parameters() if p.requires_grad) == trained
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("files", [["smoke/c2i_ind.yaml"], ["smoke/c2i_ind.yaml", "smoke/c2i_bit.yaml"]],

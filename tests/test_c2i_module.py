@@ -29,13 +29,7 @@ def real_images() -> torch.Tensor:
     return (torch.stack(images) / 127.5 - 1.0)[:, :, None]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is ~20× faster than two on a loaded 2-core machine (no spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from grn_lightning.generator.sampler import RefinementSampler, guided_logits, sa
 from grn_lightning.generator.transformer import GRNC2ITransformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (100x slower on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -25,12 +25,7 @@ from grn_lightning.tokenizer.vae import HBQTokenizer  # noqa: E402
 RES = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

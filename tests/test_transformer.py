@@ -14,13 +14,7 @@ from grn_lightning.generator.transformer import GRN_C2I, GRNC2ITransformer, layo
 SPEC_PARAMS = {"B": 130e6, "L": 458e6, "H": 952e6, "G": 2e9}
 SPEC_SHAPES = {"B": (12, 768, 12), "L": (24, 1024, 16), "H": (32, 1280, 16), "G": (40, 1664, 16)}
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (100x slower on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
