@@ -44,5 +44,11 @@ def main(args: list[str] | None = None, run: bool = True) -> GRNCLI:
     )
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `grn` console script. Returns None: the generated wrapper calls `sys.exit(console())`, and exiting with
+    the CLI object would print it and end with status 1 after a successful run."""
     main()
+
+
+if __name__ == "__main__":
+    console()

@@ -96,3 +96,21 @@ def test_cpu_torch_pulled_no_cuda_wheels():
         pytest.skip("CUDA build of torch: CUDA wheels are expected here")
     names = sorted({d.metadata["Name"] for d in importlib.metadata.distributions()})
     assert not [n for n in names if n.lower().startswith("nvidia")], names
+
+
+def test_grn_console_script_exits_zero_after_a_run(tmp_path, demo_data):
+    """The installed `grn` script (what users and `make demo` run): a finished fit must exit with status 0."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "grn"
+    if not script.exists():
+        pytest.skip("grn console script not installed next to this interpreter")
+    config = Path(__file__).resolve().parents[1] / "configs/smoke/tokenizer_image.yaml"
+    args = [str(script), "fit", "--config", str(config), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--data.train_shards", demo_data["images-train"], "--data.val_shards", demo_data["images-val"]]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "GRNCLI object" not in proc.stdout + proc.stderr
