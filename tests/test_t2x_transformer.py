@@ -219,3 +219,28 @@ def test_traces_as_one_graph():
     with torch.no_grad():
         compiled = torch.compile(model, backend="eager", fullgraph=True)(**batch.model_inputs())
     torch.testing.assert_close(compiled, _run(model, batch))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_flex_matches_sdpa_and_packing_holds_on_gpu():
+    torch._dynamo.reset()
+    sdpa = _tiny(seed=21).cuda()
+    flex = _tiny(seed=21, attention="flex").cuda()
+    samples = [_sample(sdpa, 1, 16, 16, 20, seed=22), _sample(sdpa, 3, 8, 12, 7, seed=23, clean=True),
+               _sample(sdpa, 1, 12, 20, 0, seed=24)]  # fmt: skip
+    packed = pack_rows([samples], pad_multiple=128).to("cuda")
+    with torch.no_grad():
+        ref = sdpa(**packed.model_inputs())
+        got = flex(**packed.model_inputs())
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        for i, sample in enumerate(samples):
+            alone = pack_rows([[sample]]).to("cuda")
+            torch.testing.assert_close(packed.sample_logits(got, i), alone.sample_logits(flex(**alone.model_inputs()), 0),
+                                       rtol=1e-4, atol=1e-4)  # fmt: skip
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low_sdpa = sdpa(**packed.model_inputs())
+            low_flex = flex(**packed.model_inputs())
+    assert low_sdpa.dtype == low_flex.dtype == torch.float32  # fp32 head under autocast
+    scale = ref.abs().max()
+    assert (low_sdpa - ref).abs().max() < 0.05 * scale and (low_flex - ref).abs().max() < 0.05 * scale
