@@ -169,7 +169,7 @@ class ReconstructionMetrics(_EveryNValidationRuns):
 class GenerationMetrics(_EveryNValidationRuns):
     """Class-to-image generation metrics: gFID against reference statistics and Inception Score.
 
-    Generates ``num_samples`` images, exactly ``num_samples / num_classes`` per class, split equally over ranks,
+    Generates ``num_samples`` images, exactly ``num_samples / num_classes`` per class, in batches dealt out to ranks,
     by calling ``pl_module.sample_images(class_ids, generator=..., **sampling)`` (the module applies its EMA
     weights) and reading ``pl_module.num_classes``. Logs ``{stage}/{log_prefix}_{gfid,is,is_std}`` and a grid of
     the first samples to TensorBoard. Runs after every ``every_n_val_runs``-th validation and on ``test``.
@@ -180,7 +180,8 @@ class GenerationMetrics(_EveryNValidationRuns):
         reference_stats: ``.npz`` with ``mu``/``sigma`` (ImageNet-256 reference); None logs IS only.
         sampling: keyword overrides passed to ``sample_images`` (cfg scale, temperature, steps, ...).
         every_n_val_runs: evaluate on validation runs N, 2N, ... (sanity checks excluded).
-        seed: base seed of the sampling generator (per rank: seed + 1_000_003 * rank).
+        seed: base seed of the sampling generators (one per global batch: seed + 1_000_003 * batch number, so the
+            samples and the metrics are the same on any number of ranks for a fixed batch_size).
         is_splits: Inception Score splits.
         inception_weights: explicit path of ``pt_inception-2015-12-05-6726825d.pth``; None resolves offline.
         random_init: random Inception of the true structure (tests; numbers not comparable).

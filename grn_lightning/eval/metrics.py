@@ -142,8 +142,10 @@ class FrechetDistance(Metric):
 class InceptionScore(Metric):
     """Inception Score exp(E_x KL(p(y|x) || p(y))), mean and std over ``splits`` equal chunks.
 
-    Logits are gathered from all ranks (IS is not a sum statistic); splits follow the gathered order, as in the
-    reference evaluators (10 splits over 50,000 samples).
+    Logits are gathered from all ranks (IS is not a sum statistic). The splits (10 over 50,000 samples in the
+    reference evaluators, which read the samples in generation order) follow the global sample numbers passed to
+    ``update``, so the score does not depend on how the samples were spread over ranks; rows given without
+    numbers keep the gathered order.
 
     Args:
         splits: number of chunks the score is averaged over.
@@ -159,12 +161,21 @@ class InceptionScore(Metric):
             raise ValueError(f"InceptionScore splits must be >= 1, got {splits}")
         self.splits = splits
         self.add_state("logits", [], dist_reduce_fx="cat")
+        self.add_state("index", [], dist_reduce_fx="cat")  # gathered in the same rank order as the logits
 
-    def update(self, logits: torch.Tensor) -> None:
+    def update(self, logits: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """logits: [N, classes]; index: int [N] global sample numbers (None: -1, i.e. arrival order)."""
+        if index is None:
+            index = torch.full((logits.shape[0],), -1, dtype=torch.long)
+        if index.shape != (logits.shape[0],):
+            raise ValueError(f"index must be [N] for logits {tuple(logits.shape)}, got {tuple(index.shape)}")
         self.logits.append(logits.detach().float())
+        self.index.append(index.to(device=logits.device, dtype=torch.long))
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits if isinstance(self.logits, torch.Tensor) else torch.cat(self.logits)
+        index = self.index if isinstance(self.index, torch.Tensor) else torch.cat(self.index)
+        logits = logits[index.argsort(stable=True)]  # rank blocks -> global sample order (stable: -1 rows keep theirs)
         if logits.shape[0] < self.splits:
             raise ValueError(f"InceptionScore needs at least splits={self.splits} samples, got {logits.shape[0]}")
         probs = logits.double().softmax(dim=1)
