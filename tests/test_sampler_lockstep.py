@@ -75,3 +75,47 @@ def test_no_lockstep_outside_distributed():
     from grn_lightning.generator.lockstep import distributed_lockstep
 
     assert distributed_lockstep("cpu") is None
+
+
+def _module_worker(rank: int, port: int, out_dir: str) -> None:
+    """C2IModule.sample_labels / edit_images on a sharded EMA: rank 0 has 2 requests, rank 1 has 5."""
+    import grn_lightning  # noqa: F401
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from grn_lightning.generator import parallelize
+    from grn_lightning.generator.c2i import C2IModule
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        args = dict(size="tiny", channels=4, rounds=2, num_classes=10, grid_size=4, in_context_tokens=2,
+                    sampling={"steps": 9, "max_batch": 2, "cfg_scale": 2.0,
+                              "adaptive": {"t0": 2, "k": 100.0, "b": -48.0, "t_min": 3, "t_max": 9}})  # fmt: skip
+        reference, sharded = C2IModule(**args), C2IModule(**args)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # non-zero adaLN / head so entropies (and step counts) differ between samples
+            for p_ref, p_sh in zip(reference.ema.parameters(), sharded.ema.parameters()):
+                p_ref.copy_(torch.randn(p_ref.shape, generator=gen) * 0.15)
+                p_sh.copy_(p_ref)
+        parallelize.apply_fully_shard(sharded.ema, init_device_mesh("cpu", (2,)))
+        cls = torch.tensor([0, 1]) if rank == 0 else torch.tensor([2, 3, 4, 5, 6])
+        out = sharded.sample_labels(cls, torch.Generator().manual_seed(rank))
+        ref = reference.sample_labels(cls, torch.Generator().manual_seed(rank))
+        torch.save({"out": out, "ref": ref}, os.path.join(out_dir, f"module-rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(180)
+def test_c2i_module_samples_adaptively_from_a_sharded_ema_on_two_ranks(tmp_path):
+    """Entropy-guided sampling through C2IModule with FSDP2-sharded weights and uneven requests per rank: no hang,
+    and every sample equals the unsharded module's (the module passes the lockstep itself)."""
+    mp.spawn(_module_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"module-rank{r}.pt", weights_only=False) for r in range(2))
+    for r in (r0, r1):
+        assert torch.equal(r["out"].labels, r["ref"].labels)
+        assert torch.equal(r["out"].steps, r["ref"].steps)
+    assert len(set(r1["out"].steps.tolist())) > 1  # step counts really differ between samples
+    assert r0["out"].forward_calls == r1["out"].forward_calls

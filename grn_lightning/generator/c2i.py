@@ -24,6 +24,7 @@ from torch import nn
 
 from grn_lightning.generator import parallelize
 from grn_lightning.generator.frozen_tokenizer import load_frozen_tokenizer
+from grn_lightning.generator.lockstep import distributed_lockstep
 from grn_lightning.generator.refinement import RatioDistribution, corrupt, ratio_bin_accuracy, refinement_loss
 from grn_lightning.generator.sampling_options import build_sampler, merge_sampling
 from grn_lightning.generator.token_layout import TokenLayout
@@ -356,16 +357,18 @@ class C2IModule(L.LightningModule):
         """Run the refinement sampler with the sampling weights; returns the sampler's result."""
         sampler = build_sampler(merge_sampling(self.sampling, overrides))
         model = self._sampling_model()
-        if sampler.adaptive is not None and parallelize.is_sharded(model) and _world_size() > 1:
-            # Every FSDP2 forward is a collective; entropy-guided step counts differ per rank, so the ranks would
-            # make different numbers of forwards and hang. Sample adaptively from an unsharded model instead.
-            raise ValueError(
-                "adaptive (entropy-guided) sampling is not supported on an FSDP2-sharded model with several ranks; "
-                "use fixed steps here, or sample from a consolidated checkpoint without FSDP (DDP / one GPU)"
-            )
         seeds = self.seeds_from(generator, class_ids.shape[0])
         with self._autocast():
-            return sampler.sample(model, class_ids.to(self.device), seeds.cpu())
+            return sampler.sample(model, class_ids.to(self.device), seeds.cpu(), lockstep=self._lockstep(model))
+
+    def _lockstep(self, model: nn.Module):
+        """Sharded sampling on several ranks: every FSDP2 forward is a collective, but entropy-guided step counts
+        (and request counts) differ per rank, so a finished rank keeps making dummy forwards until all are done
+        (lockstep.py). None when the model is not sharded or the run is not distributed."""
+        if not parallelize.is_sharded(model):
+            return None
+        backend = torch.distributed.get_backend() if _world_size() > 1 else "gloo"
+        return distributed_lockstep(self.device if backend == "nccl" else "cpu")
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -391,7 +394,9 @@ class C2IModule(L.LightningModule):
         sampler = build_sampler(merge_sampling(self.sampling, overrides))
         seeds = self.seeds_from(generator, tokens.shape[0])
         with self._autocast():
-            result = sampler.edit(self._sampling_model(), tokens, mask, class_ids.to(self.device), seeds.cpu(), rounds)
+            model = self._sampling_model()
+            result = sampler.edit(model, tokens, mask, class_ids.to(self.device), seeds.cpu(), rounds,
+                                  lockstep=self._lockstep(model))
         return self.decode(result.labels)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
