@@ -3,6 +3,8 @@ smoke configs train, validate (GenerationMetrics) and checkpoint on the demo pho
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import pytest
@@ -95,6 +97,15 @@ def test_smoke_configs_train_validate_and_checkpoint(tmp_path, demo_data, files)
     assert any(k.startswith("ema.") for k in keys) and not any(k.startswith("tokenizer") for k in keys)
     protocol = list(tmp_path.rglob("metrics_protocol.json"))
     assert protocol and '"is"' in protocol[0].read_text()
+
+    # `grn test` from that checkpoint: refinement loss of the EMA weights on a labelled split + the gFID/IS callback
+    # (the demo's test photos carry no class, which the module refuses with a clear error).
+    cli = main(["test", *_args(files), "--ckpt_path", str(checkpoints[0]), "--data.test_shards",
+                demo_data["images-val"], "--data.num_workers", "0", "--trainer.limit_test_batches", "1",
+                "--trainer.default_root_dir", root, "--trainer.logger.init_args.save_dir", root,
+                "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    assert 0 < float(metrics["test/loss"]) < 2 * math.log(cli.model.model.classes) and "test/gen_is" in metrics
 
     # `grn predict` from that checkpoint with configs/c2i_predict.yaml: class samples and a region edit.
     photo = next(Path(demo_data["images-train"]).parent.parent.rglob("*.jpg"))

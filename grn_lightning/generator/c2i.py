@@ -322,6 +322,14 @@ class C2IModule(L.LightningModule):
         self._acc_counts.zero_()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """`grn test --ckpt_path ...`: the refinement loss of the sampling weights on the test split, logged as
+        `test/loss`; a configured `GenerationMetrics` callback adds gFID / IS at the end of the test epoch."""
+        self._evaluation_step(batch, batch_idx, "test")
+
+    def _evaluation_step(self, batch: dict, batch_idx: int, stage: str) -> None:
         # A fixed generator per batch: the validation loss of the sampling weights is comparable across runs.
         # Padding rows (valid=False, cls −1) that equalise evaluation across ranks are left out of the loss. A batch
         # of padding only still runs one forward (FSDP ranks must stay in step) but logs nothing.
@@ -333,7 +341,7 @@ class C2IModule(L.LightningModule):
         generator = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
         loss = self.refinement_step(sub, generator=generator, dropout=False)[0]
         if count:
-            self.log("val/loss", loss, batch_size=count, sync_dist=True)
+            self.log(f"{stage}/loss", loss, batch_size=count, sync_dist=True)
 
     # -- sampling -----------------------------------------------------------------------------------------
     def _sampling_model(self) -> nn.Module:
