@@ -302,13 +302,23 @@ class C2IModule(L.LightningModule):
         loss, logits, labels, ratio = self.refinement_step(batch)
         b = labels.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        self.log("train/uniform_loss", math.log(self.model.classes), batch_size=b)
+        self.log("train/uniform_loss", self._uniform_loss(loss.device), batch_size=b)
         hits, counts = ratio_bin_accuracy(logits.detach(), labels, ratio, self.hparams.accuracy_bins)
         self._acc_hits = self._acc_hits.to(hits.device) + hits
         self._acc_counts = self._acc_counts.to(counts.device) + counts
         if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
             self._flush_bin_accuracy("train")
         return loss
+
+    def _uniform_loss(self, device: torch.device) -> torch.Tensor:
+        """ln K, the loss of a uniform guess (a reference line next to train/loss), made on the device once: a Python
+        float given to `self.log` becomes `torch.tensor(value, device=cuda)` every step, a blocking host-to-device
+        copy that waits for the queued forward and leaves the GPU idle while the backward is launched."""
+        cached = getattr(self, "_uniform_loss_cache", None)
+        if cached is None or cached.device != device:
+            cached = torch.tensor(math.log(self.model.classes), device=device)
+            self._uniform_loss_cache = cached  # a plain tensor attribute: not a buffer, not in checkpoints
+        return cached
 
     def _flush_bin_accuracy(self, stage: str) -> None:
         # Every rank reaches this on the same step, so the sum over ranks is a safe collective.
