@@ -17,14 +17,42 @@ import grn_lightning  # noqa: F401  (torchvision compatibility before lightning)
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from grn_lightning.data.health import SkippedSamplesLogger
+from grn_lightning.training.resume import checkpoint_folders, find_last_checkpoint
 
 
 class GRNCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Always present (not overwritten when a config lists its own callbacks): skipped-record counter.
         parser.add_lightning_class_args(SkippedSamplesLogger, "skipped_samples")
+
+    def _resolve_last_checkpoint(self) -> None:
+        """`--ckpt_path last`: the run's newest last.ckpt in any logger version (training/resume.py), or a fresh
+        start that says so when the run has none yet (the first launch of a job that always passes `last`)."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        found = find_last_checkpoint(self.trainer)
+        if found is None:
+            folders = ", ".join(str(f) for f in checkpoint_folders(self.trainer))
+            rank_zero_info(f"--ckpt_path last: no last*.ckpt in {folders}; starting from step 0")
+        else:
+            rank_zero_info(f"--ckpt_path last: resuming from {found}")
+        config["ckpt_path"] = str(found) if found is not None else None
+
+    def before_fit(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_validate(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_test(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_predict(self) -> None:
+        self._resolve_last_checkpoint()
 
 
 def main(args: list[str] | None = None, run: bool = True) -> GRNCLI:

@@ -118,3 +118,22 @@ def test_smoke_configs_train_validate_and_checkpoint(tmp_path, demo_data, files)
           "--trainer.enable_progress_bar", "false"])  # fmt: skip
     names = sorted(p.name for p in out.glob("*.png"))
     assert names[:1] == ["class0001_000.png"] and "grid.png" in names and len(names) == 6, names
+
+
+def test_ckpt_path_last_resumes_across_logger_versions(tmp_path, demo_data):
+    """`grn fit --ckpt_path last` after a restart (SPEC §10: the release's resume glob never matched). The restarted
+    job logs to a new TensorBoard version, where Lightning alone finds no last.ckpt and silently starts over."""
+    root = str(tmp_path)
+    common = [*_args(["smoke/c2i_ind.yaml"]), "--data.train_shards", demo_data["images-train"],
+              "--data.num_workers", "0", "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", root,
+              "--trainer.logger.init_args.save_dir", root, "--trainer.enable_progress_bar", "false",
+              "--ckpt_path", "last"]  # fmt: skip
+    first = main(["fit", *common, "--trainer.max_steps", "3"])  # the job's first launch: nothing to resume
+    assert first.trainer.ckpt_path is None and first.trainer.global_step == 3
+    second = main(["fit", *common, "--trainer.max_steps", "5"])  # the restart after a "crash"
+    assert Path(second.trainer.ckpt_path) == tmp_path / "tb/version_0/checkpoints/last.ckpt"
+    assert second.trainer.global_step == 5
+    third = main(["fit", *common, "--trainer.max_steps", "7"])  # the newest last.ckpt wins
+    assert Path(third.trainer.ckpt_path) == tmp_path / "tb/version_1/checkpoints/last.ckpt"
+    saved = torch.load(tmp_path / "tb/version_2/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 7
