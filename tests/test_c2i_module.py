@@ -250,13 +250,13 @@ def test_gradient_clipping_goes_through_the_fsdp1_root(monkeypatch):
 
     from grn_lightning.generator import parallelize
 
-    assert not parallelize.is_fsdp1_root(torch.nn.Linear(2, 2)) and not parallelize.is_fsdp1_root(None)
+    assert not parallelize.is_fsdp1_wrapped(torch.nn.Linear(2, 2)) and not parallelize.is_fsdp1_wrapped(None)
     calls = []
     root = SimpleNamespace(clip_grad_norm_=lambda value: calls.append(("fsdp1_root", value)))
     module = tiny_module()
     module._trainer = SimpleNamespace(strategy=SimpleNamespace(model=root))
     monkeypatch.setattr(module, "clip_gradients", lambda opt, val, algo: calls.append(("lightning", val, algo)))
-    monkeypatch.setattr(parallelize, "is_fsdp1_root", lambda model: model is root)
+    monkeypatch.setattr(parallelize, "is_fsdp1_wrapped", lambda model: model is root)
     module.configure_gradient_clipping(None, 0.1, "norm")
     module.configure_gradient_clipping(None, 0.5, "value")  # value clipping: not FSDP1's call, Lightning decides
     module.configure_gradient_clipping(None, None, None)  # no clipping configured: nothing is clipped

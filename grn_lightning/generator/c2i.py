@@ -222,7 +222,7 @@ class C2IModule(L.LightningModule):
         # the norm of flat, sharded gradients needs the collective `clip_grad_norm_` of the ROOT FSDP wrapper.
         # DDP, one device and FSDP2 (DTensor gradients) go through Lightning's own clipping unchanged.
         root = self.trainer.strategy.model
-        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and parallelize.is_fsdp1_root(root):
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and parallelize.is_fsdp1_wrapped(root):
             root.clip_grad_norm_(gradient_clip_val)
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
@@ -380,10 +380,10 @@ class C2IModule(L.LightningModule):
             return sampler.sample(model, class_ids.to(self.device), seeds.cpu(), lockstep=self._lockstep(model))
 
     def _lockstep(self, model: nn.Module):
-        """Sharded sampling on several ranks: every FSDP2 forward is a collective, but entropy-guided step counts
+        """Sharded sampling on several ranks: every FSDP2 / FSDP1 forward is a collective, but entropy-guided step counts
         (and request counts) differ per rank, so a finished rank keeps making dummy forwards until all are done
         (lockstep.py). None when the model is not sharded or the run is not distributed."""
-        if not parallelize.is_sharded(model):
+        if not (parallelize.is_sharded(model) or parallelize.is_fsdp1_wrapped(model)):
             return None
         backend = torch.distributed.get_backend() if _world_size() > 1 else "gloo"
         return distributed_lockstep(self.device if backend == "nccl" else "cpu")

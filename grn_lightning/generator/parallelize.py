@@ -91,8 +91,9 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def is_fsdp1_root(model: nn.Module | None) -> bool:
-    """True for a FSDP1 `FullyShardedDataParallel` wrapper (what Lightning's FSDPStrategy puts around the module)."""
+def is_fsdp1_wrapped(model: nn.Module | None) -> bool:
+    """True for a FSDP1 `FullyShardedDataParallel` wrapper: the root Lightning's FSDPStrategy puts around the module,
+    or a unit its auto-wrap policy made of a submodule (each transformer, e.g. the EMA copy, in c2i_fsdp1.yaml)."""
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     return isinstance(model, FullyShardedDataParallel)
