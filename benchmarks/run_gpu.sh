@@ -14,7 +14,9 @@ PY="${PYTHON:-python3}"
 mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RESULTS/device.txt" 2>&1
-git rev-parse --short HEAD >> "$RESULTS/device.txt" 2>/dev/null || true
+# The commit of the measured tree: pass COMMIT=... when the tree was copied to the GPU machine (a copied .git can be
+# stale: on 2026-12-02 it reported an older commit than the tree that ran).
+echo "commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" >> "$RESULTS/device.txt"
 
 bench() {  # bench NAME SCRIPT ARGS...: JSON lines to NAME.jsonl, everything else to NAME.log
   local name="$1"; shift
