@@ -125,7 +125,7 @@ def test_ckpt_path_last_resumes_across_logger_versions(tmp_path, demo_data):
     job logs to a new TensorBoard version, where Lightning alone finds no last.ckpt and silently starts over."""
     root = str(tmp_path)
     common = [*_args(["smoke/c2i_ind.yaml"]), "--data.train_shards", demo_data["images-train"],
-              "--data.num_workers", "0", "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", root,
+              "--data.val_shards", demo_data["images-val"], "--data.num_workers", "0", "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", root,
               "--trainer.logger.init_args.save_dir", root, "--trainer.enable_progress_bar", "false",
               "--ckpt_path", "last"]  # fmt: skip
     first = main(["fit", *common, "--trainer.max_steps", "3"])  # the job's first launch: nothing to resume
