@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from grn_lightning.generator.layers import rotary_cos_sin
 from grn_lightning.generator.packing import T2XSample, greedy_pack, pack_rows, pack_samples, packed_loss
 from grn_lightning.generator.rope3d import (
     apply_rope_interleaved,
@@ -108,15 +109,15 @@ def test_angles_and_interleaved_rotation_hand_worked():
     x = torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]])
     c, s = math.cos, math.sin
     expected = torch.tensor([[c(1), s(1), -s(2), c(2), c(3) - s(3), c(3) + s(3)]])
-    torch.testing.assert_close(apply_rope_interleaved(x, angles), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(apply_rope_interleaved(x, *rotary_cos_sin(angles)), expected, rtol=0, atol=1e-6)
 
 
 def test_rotation_is_relative_in_every_axis():
     gen = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 1, 128, generator=gen)
     def dot(pq, pk):
-        rq = apply_rope_interleaved(q, rope3d_angles(torch.tensor([pq]), 128))
-        rk = apply_rope_interleaved(k, rope3d_angles(torch.tensor([pk]), 128))
+        rq = apply_rope_interleaved(q, *rotary_cos_sin(rope3d_angles(torch.tensor([pq]), 128)))
+        rk = apply_rope_interleaved(k, *rotary_cos_sin(rope3d_angles(torch.tensor([pk]), 128)))
         return (rq * rk).sum()
     torch.testing.assert_close(dot([600, 3, 5], [601, 10, 2]), dot([610, 13, 15], [611, 20, 12]), rtol=1e-4, atol=1e-4)
     assert (dot([600, 3, 5], [601, 10, 2]) - dot([600, 3, 5], [601, 10, 3])).abs() > 1e-3

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from grn_lightning.generator.layers import apply_rope, rope_2d_angles, swiglu_hidden
+from grn_lightning.generator.layers import apply_rope, rope_2d_angles, rotary_cos_sin, swiglu_hidden
 from grn_lightning.generator.transformer import GRN_C2I, GRNC2ITransformer, layout_dims
 
 SPEC_PARAMS = {"B": 130e6, "L": 458e6, "H": 952e6, "G": 2e9}
@@ -80,11 +80,11 @@ def test_rope_hand_worked_values():
     assert angles[0].tolist() == [0.0, 0.0]
     assert angles[1 + 1 * 3 + 2].tolist() == [1.0, 2.0]  # row 1, col 2
     x = torch.tensor([1.0, 0.0, 0.0, 1.0])
-    out = apply_rope(x.expand(7, 4), angles)[1 + 1 * 3 + 2]
+    out = apply_rope(x.expand(7, 4), *rotary_cos_sin(angles))[1 + 1 * 3 + 2]
     # (x0, x2) = (1, 0) by angle 1 -> (cos1, sin1); (x1, x3) = (0, 1) by angle 2 -> (-sin2, cos2)
     expected = torch.tensor([math.cos(1), -math.sin(2), math.sin(1), math.cos(2)])
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
-    assert torch.equal(apply_rope(x.expand(7, 4), angles)[0], x)  # prefix token: identity
+    assert torch.equal(apply_rope(x.expand(7, 4), *rotary_cos_sin(angles))[0], x)  # prefix token: identity
     # head_dim 8: two pairs per axis, inv_freq = [1, 10000^(-1/2)] = [1, 0.01].
     a8 = rope_2d_angles(1, 2, head_dim=8, theta=10000.0)
     torch.testing.assert_close(a8[1], torch.tensor([0.0, 0.0, 1.0, 0.01]))
@@ -94,7 +94,8 @@ def test_rope_preserves_norm_and_is_relative():
     gen = torch.Generator().manual_seed(1)
     q, k = torch.randn(2, 8, generator=gen)
     a = rope_2d_angles(4, 4, head_dim=8)
-    rq, rk = apply_rope(q.expand(16, 8), a), apply_rope(k.expand(16, 8), a)
+    rope = rotary_cos_sin(a)
+    rq, rk = apply_rope(q.expand(16, 8), *rope), apply_rope(k.expand(16, 8), *rope)
     torch.testing.assert_close(rq.norm(dim=-1), q.norm().expand(16))
     # dot product depends only on the offset: (0,0)·(1,1) == (2,2)·(3,3)
     torch.testing.assert_close(rq[0] @ rk[5], rq[10] @ rk[15], rtol=1e-5, atol=1e-5)

@@ -59,14 +59,14 @@ def rope3d_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0
     return positions.float()[..., axis] * inv_freq
 
 
-def apply_rope_interleaved(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate x [..., L, head_dim] by angles broadcastable to [..., L, head_dim/2]; pair j = (x[2j], x[2j+1]).
+def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [..., L, head_dim] by angles a broadcastable to [..., L, head_dim/2], given as cos a, sin a (once per
+    forward: `layers.rotary_cos_sin`); pair j = (x[2j], x[2j+1]).
 
     out_2j = x_2j cos a_j − x_2j+1 sin a_j,  out_2j+1 = x_2j+1 cos a_j + x_2j sin a_j, in float32, cast back.
     """
     xf = x.float().unflatten(-1, (-1, 2))
     x0, x1 = xf[..., 0], xf[..., 1]
-    cos, sin = angles.cos(), angles.sin()
     out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
     return out.flatten(-2).to(x.dtype)
 

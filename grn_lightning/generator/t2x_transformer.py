@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grn_lightning.generator.layers import RMSNorm, sinusoidal_embedding
+from grn_lightning.generator.layers import RMSNorm, Rope, rotary_cos_sin, sinusoidal_embedding
 from grn_lightning.generator.rope3d import apply_rope_interleaved, rope3d_angles
 from grn_lightning.generator.transformer import VARIANTS, layout_dims
 
@@ -110,15 +110,15 @@ class QwenAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim, eps=1e-6)
         self.k_norm = RMSNorm(head_dim, eps=1e-6)
 
-    def forward(self, x: torch.Tensor, angles: torch.Tensor, mask, backend: str = "sdpa") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, mask, backend: str = "sdpa") -> torch.Tensor:
         b, length, _ = x.shape
         shape = (b, length, self.heads, self.head_dim)
         # the release normalises q and k per head before the rotation
         q = self.q_norm(self.q_proj(x).view(shape)).transpose(1, 2)  # [B, heads, L, head_dim]
         k = self.k_norm(self.k_proj(x).view(shape)).transpose(1, 2)
         v = self.v_proj(x).view(shape).transpose(1, 2)
-        q = apply_rope_interleaved(q, angles).to(v.dtype)
-        k = apply_rope_interleaved(k, angles).to(v.dtype)
+        q = apply_rope_interleaved(q, *rope).to(v.dtype)
+        k = apply_rope_interleaved(k, *rope).to(v.dtype)
         if backend == "flex" and mask is not None:
             out = _flex_attention(x.is_cuda)(q, k, v, block_mask=mask)
         else:
@@ -161,8 +161,8 @@ class T2XBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(width, eps=1e-6)
         self.mlp = QwenMLP(width, mlp_hidden)
 
-    def forward(self, x: torch.Tensor, angles: torch.Tensor, mask, backend: str = "sdpa") -> torch.Tensor:
-        x = x + self.attn(self.input_layernorm(x), angles, mask, backend)
+    def forward(self, x: torch.Tensor, rope: Rope, mask, backend: str = "sdpa") -> torch.Tensor:
+        x = x + self.attn(self.input_layernorm(x), rope, mask, backend)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -333,13 +333,13 @@ class GRNT2XTransformer(nn.Module):
         if ratio.shape != ratio_index.shape:
             raise ValueError(f"ratio {tuple(ratio.shape)} and ratio_index {tuple(ratio_index.shape)} differ")
         x = self.embed(state, text, text_index, ratio, ratio_index)
-        angles = rope3d_angles(positions, self.head_dim, self.rope_theta)[:, None]  # [B, 1, L, head_dim/2]
+        rope = rotary_cos_sin(rope3d_angles(positions, self.head_dim, self.rope_theta)[:, None])  # [B, 1, L, hd/2]
         mask = None
         if segment_ids is not None:
             if segment_ids.shape != (b, length):
                 raise ValueError(f"segment_ids shape {tuple(segment_ids.shape)} does not match [{b}, {length}]")
             mask = segment_block_mask(segment_ids) if self.attention == "flex" else segment_mask(segment_ids)
         for block in self.blocks:
-            x = block(x, angles, mask, self.attention)
+            x = block(x, rope, mask, self.attention)
         return self.head(x).view(b, length, self.groups, self.classes)
 

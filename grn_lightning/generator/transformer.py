@@ -28,9 +28,11 @@ from torch import nn
 from grn_lightning.generator.layers import (
     Attention,
     RMSNorm,
+    Rope,
     SwiGLU,
     modulate,
     rope_2d_angles,
+    rotary_cos_sin,
     sinusoidal_embedding,
     swiglu_hidden,
 )
@@ -100,9 +102,9 @@ class GRNBlock(nn.Module):
         self.mlp = SwiGLU(width, mlp_hidden)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Rope) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), angles)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), rope)
         x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x
 
@@ -215,8 +217,9 @@ class GRNC2ITransformer(nn.Module):
         angles = rope_2d_angles(
             self.grid[0], self.grid[1], self.width // self.heads, self.in_context_tokens, self.rope_theta, state.device
         )
+        rope = rotary_cos_sin(angles)
         for block in self.blocks:
-            x = block(x, c, angles)
+            x = block(x, c, rope)
         x = x[:, self.in_context_tokens :]
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
         logits = self.head(modulate(self.final_norm(x), shift, scale))
