@@ -13,6 +13,9 @@ RESULTS="${RESULTS:-results}"
 PY="${PYTHON:-python3}"
 mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1
+# The GPU machine gets a copy of the tree, not an installed package: without the repo root on the path every
+# benchmark and test worker subprocess fails with "No module named grn_lightning" (2026-12-04, one lost call).
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RESULTS/device.txt" 2>&1
 # The commit of the measured tree: pass COMMIT=... when the tree was copied to the GPU machine (a copied .git can be
 # stale: on 2026-12-02 it reported an older commit than the tree that ran).
