@@ -6,35 +6,31 @@
     logits = transformer(F, class, p);  loss = CE over all elements;  EMA tracks updated after every optimiser step
     sample_images: RefinementSampler on the EMA weights → labels → tokenizer.detokenize → images in [-1, 1]
 
-The EMA tracks are frozen copies of the transformer registered as submodules (`ema`, `ema2`): they are sharded
-exactly like the trained model under FSDP2 (so the update is a local foreach lerp on matching shards), saved in
-full or sharded checkpoints by the strategy without extra code, and called directly for sampling. The tokenizer is
-NOT a submodule (frozen; outside optimisers, checkpoints and FSDP units; see frozen_tokenizer.py).
+EMA tracks, parallelism (AC → compile → FSDP2), the optimiser and FSDP1 clipping come from `GeneratorModule`
+(generator_module.py), shared with the T2I/T2V module. The tokenizer is NOT a submodule (frozen; outside
+optimisers, checkpoints and FSDP units; see frozen_tokenizer.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 
-import lightning as L
 import torch
 from torch import nn
 
 from grn_lightning.generator import parallelize
 from grn_lightning.generator.frozen_tokenizer import load_frozen_tokenizer
-from grn_lightning.generator.lockstep import distributed_lockstep
+from grn_lightning.generator.generator_module import GeneratorModule
 from grn_lightning.generator.refinement import RatioDistribution, corrupt, ratio_bin_accuracy, refinement_loss
 from grn_lightning.generator.sampling_options import build_sampler, merge_sampling
 from grn_lightning.generator.token_layout import TokenLayout
 from grn_lightning.generator.transformer import GRN_C2I, VARIANTS, GRNC2ITransformer
-from grn_lightning.training.optim import decay_param_groups, scaled_lr, warmup_constant_scheduler
+from grn_lightning.training.optim import scaled_lr
 
 SAMPLE_WEIGHTS = ("ema", "ema2", "raw")
 
 
-class C2IModule(L.LightningModule):
+class C2IModule(GeneratorModule):
     """GRN class-to-image training and sampling.
 
     Args:
@@ -115,9 +111,6 @@ class C2IModule(L.LightningModule):
             raise ValueError(f"model.variant={variant!r} is not one of {VARIANTS}")
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"model.label_dropout must lie in [0, 1), got {label_dropout}")
-        for name, decay in (("ema_decay", ema_decay), ("ema_decay_2", ema_decay_2)):
-            if decay is not None and not 0.0 <= decay < 1.0:
-                raise ValueError(f"model.{name} must lie in [0, 1), got {decay}")
         if sample_weights not in SAMPLE_WEIGHTS:
             raise ValueError(f"model.sample_weights={sample_weights!r} is not one of {SAMPLE_WEIGHTS}")
         if sample_weights == "ema2" and ema_decay_2 is None:
@@ -139,45 +132,13 @@ class C2IModule(L.LightningModule):
             grid_size=grid_size, in_context_tokens=in_context_tokens,
         )  # fmt: skip
         self.layout = TokenLayout(variant, channels, rounds)
-        self.ema = self._frozen_copy(self.model)
-        self.ema2 = self._frozen_copy(self.model) if ema_decay_2 is not None else None
+        self._init_ema_tracks(ema_decay, ema_decay_2)
         # Held in __dict__, not _modules: no state_dict entries, no .to()/FSDP/optimiser involvement.
         object.__setattr__(self, "tokenizer", None)
         if tokenizer is not None:
             object.__setattr__(self, "tokenizer", load_frozen_tokenizer(tokenizer, tokenizer_ckpt))
         self._acc_hits = torch.zeros(accuracy_bins, dtype=torch.float64)
         self._acc_counts = torch.zeros(accuracy_bins, dtype=torch.float64)
-
-    @staticmethod
-    def _frozen_copy(model: nn.Module) -> nn.Module:
-        ema = copy.deepcopy(model)
-        for p in ema.parameters():
-            p.requires_grad_(False)
-        return ema.eval()
-
-    def _ema_tracks(self) -> list[tuple[nn.Module, float]]:
-        tracks = [(self.ema, self.hparams.ema_decay)]
-        if self.ema2 is not None:
-            tracks.append((self.ema2, self.hparams.ema_decay_2))
-        return tracks
-
-    # -- scale: AC → compile → FSDP2 (parallelize.py) ------------------------------------------------------
-    def configure_model(self) -> None:
-        # Lightning calls this hook at the start of every fit/validate/test/predict: wrap only once.
-        if getattr(self, "_parallelized", False) or parallelize.is_sharded(self.model):
-            return
-        self._parallelized = True
-        hp = self.hparams
-        if hp.activation_checkpointing:
-            parallelize.apply_activation_checkpointing(self.model)
-        if hp.compile != "none":
-            for net in (self.model, *[m for m, _ in self._ema_tracks()]):
-                parallelize.apply_compile(net, hp.compile)
-        mesh = self._device_mesh
-        if mesh is not None:
-            dp_mesh = parallelize.data_parallel_mesh(mesh)
-            for net in (self.model, *[m for m, _ in self._ema_tracks()]):
-                parallelize.apply_fully_shard(net, dp_mesh, hp.fsdp_bf16_params, hp.fsdp_reshard_after_forward)
 
     # -- optimisation -------------------------------------------------------------------------------------
     def global_batch_size(self) -> int:
@@ -202,52 +163,7 @@ class C2IModule(L.LightningModule):
             steps += math.ceil(hp.warmup_epochs * hp.epoch_size / self.global_batch_size())
         return int(steps)
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        groups = decay_param_groups(self.model, hp.weight_decay)
-        for group in groups:
-            group.pop("names", None)
-        # Fused AdamW on plain CUDA tensors; the foreach implementation for FSDP2's DTensors.
-        fused = {"fused": True} if self.device.type == "cuda" and not parallelize.is_sharded(self.model) else {}
-        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(hp.betas), **fused)
-        # A fused AdamW announces that it unscales AMP gradients itself, and Lightning then refuses gradient
-        # clipping (the recipe clips at 0.1). Unset, a GradScaler (fp16 only; bf16 has none) unscales before the
-        # step as for any optimiser, so clipping sees true gradients and the fused kernel still does the update.
-        optimizer._step_supports_amp_scaling = False
-        scheduler = warmup_constant_scheduler(optimizer, self.warmup_total_steps())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # Lightning's FSDPPrecision (FSDPStrategy, FSDP1) refuses norm clipping ("not supported for FSDPPrecision"):
-        # the norm of flat, sharded gradients needs the collective `clip_grad_norm_` of the ROOT FSDP wrapper.
-        # DDP, one device and FSDP2 (DTensor gradients) go through Lightning's own clipping unchanged.
-        root = self.trainer.strategy.model
-        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and parallelize.is_fsdp1_wrapped(root):
-            root.clip_grad_norm_(gradient_clip_val)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        self.update_ema()
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        """ema ← decay·ema + (1 − decay)·model on each rank's local shards (sharded alike, see module doc)."""
-        params = [_local(p) for p in self.model.parameters()]
-        for ema, decay in self._ema_tracks():
-            torch._foreach_lerp_([_local(p) for p in ema.parameters()], params, 1.0 - decay)
-
     # -- labels -------------------------------------------------------------------------------------------
-    def _require_tokenizer(self, why: str) -> nn.Module:
-        if self.tokenizer is None:
-            raise ValueError(f"{why} needs model.tokenizer (an HBQ tokenizer; see configs/c2i_grn_b.yaml)")
-        tokenizer = self.tokenizer
-        first = next(tokenizer.parameters(), None)
-        if first is not None and first.device != self.device:
-            tokenizer.to(self.device)
-        return tokenizer
-
     @torch.no_grad()
     def index_labels(self, batch: dict) -> torch.Tensor:
         """int64 [B, C, 1, h, w] index labels from a token batch or (frozen tokenizer) a media batch."""
@@ -357,14 +273,6 @@ class C2IModule(L.LightningModule):
     def _sampling_model(self) -> nn.Module:
         return {"ema": self.ema, "ema2": self.ema2, "raw": self.model}[self.hparams.sample_weights]
 
-    def _autocast(self):
-        """bf16 autocast for sampling when the trainer runs bf16 (callbacks call us outside Lightning's own
-        autocast); otherwise leave the caller's autocast state alone (a disabled autocast would override it)."""
-        precision = str(getattr(getattr(self, "_trainer", None), "precision", "32"))
-        if "bf16" in precision:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     @staticmethod
     def seeds_from(generator: torch.Generator | None, count: int) -> torch.Tensor:
         """Per-sample int64 seeds drawn from `generator` (per-sample randomness, SPEC §6 / sampler.py)."""
@@ -378,15 +286,6 @@ class C2IModule(L.LightningModule):
         seeds = self.seeds_from(generator, class_ids.shape[0])
         with self._autocast():
             return sampler.sample(model, class_ids.to(self.device), seeds.cpu(), lockstep=self._lockstep(model))
-
-    def _lockstep(self, model: nn.Module):
-        """Sharded sampling on several ranks: every FSDP2 / FSDP1 forward is a collective, but entropy-guided step counts
-        (and request counts) differ per rank, so a finished rank keeps making dummy forwards until all are done
-        (lockstep.py). None when the model is not sharded or the run is not distributed."""
-        if not (parallelize.is_sharded(model) or parallelize.is_fsdp1_wrapped(model)):
-            return None
-        backend = torch.distributed.get_backend() if _world_size() > 1 else "gloo"
-        return distributed_lockstep(self.device if backend == "nccl" else "cpu")
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -429,13 +328,3 @@ class C2IModule(L.LightningModule):
             images = self.sample_images(batch["class_ids"], generator, **overrides)
         return {"images": images, "names": batch["names"]}
 
-
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """Rank-local shard of an FSDP2 DTensor parameter (in-place ops on it update the parameter)."""
-    t = t.data if isinstance(t, nn.Parameter) else t
-    return t.to_local() if hasattr(t, "to_local") else t
