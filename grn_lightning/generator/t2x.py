@@ -1,0 +1,299 @@
+"""`T2XModule`: trains and samples the text-to-image / text-to-video / image-to-video GRN (SPEC §3, §5, §6).
+
+    batch["pixels"] [B,3,T,H,W] ─ frozen HBQ tokenizer ─▶ index labels [B,C,T',h,w] ─ layout ─▶ y [B,T',h,w,G]
+    batch["caption"] ─ task tag + caption dropout 10% ─ frozen umT5 ─▶ text states [L_i, 4096] per sample
+    p ~ logit-normal(−1.3, 1.3); F = corrupt(y, p) (I2V: frame 0 stays clean, an input only)
+    [visual F | (I2V) clean frame | text | ratio(realised kept fraction)] per sample ─ greedy packing (budget) ─▶
+    GRN T2X transformer (block-diagonal attention) ─▶ packed loss (per-sample mean CE, √(visual tokens) weights)
+
+A batch of the data module holds one bucket (one T' × h × w), images or videos; `task="auto"` trains images as T2I
+and videos as T2V, or as I2V with probability `i2v_probability`. Packing runs on the host (labels are copied
+there once per step): greedy next-fit into rows of `token_budget` tokens, samples over `max_fraction` of it are
+dropped and counted (`train/dropped_samples`).
+
+Sampling (`sample_labels` / `sample_media`) reuses the refinement sampler through `PromptConditions`
+(t2x_sampling.py): cosine schedule, CFG always on (interval [0, 1]) against the empty caption or a negative prompt,
+temperature and, optionally, entropy-guided step counts with continuous batching.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from grn_lightning.generator import parallelize
+from grn_lightning.generator.frozen_tokenizer import freeze, load_frozen_tokenizer
+from grn_lightning.generator.generator_module import GeneratorModule
+from grn_lightning.generator.packing import RELEASE_MAX_FRACTION, RELEASE_TOKEN_BUDGET, T2XSample, pack_samples, packed_loss
+from grn_lightning.generator.refinement import RatioDistribution, corrupt
+from grn_lightning.generator.sampling_options import build_sampler, merge_sampling
+from grn_lightning.generator.t2x_sampling import PromptConditions
+from grn_lightning.generator.t2x_transformer import ATTENTION_BACKENDS, GRN_T2X, GRNT2XTransformer
+from grn_lightning.generator.token_layout import TokenLayout
+from grn_lightning.generator.transformer import VARIANTS
+
+TRAIN_TASKS = ("auto", "t2i", "t2v", "i2v")
+SAMPLE_WEIGHTS = ("ema", "raw")
+# Text-model sampling defaults (SPEC §6): cosine schedule, CFG always on. The paper gives no T2I/T2V guidance scale
+# or temperature; these are starting points to tune, like the C2I values were.
+T2X_SAMPLING = {"steps": 50, "schedule": "cosine", "cfg_scale": 4.0, "cfg_interval": (0.0, 1.0), "temperature": 1.0}
+
+
+class T2XModule(GeneratorModule):
+    """GRN text-to-image / text-to-video / image-to-video training and sampling.
+
+    Args:
+        size: transformer size, a key of `GRN_T2X` ("tiny", "GRN0b", "GRN2b", "GRN8b"; SPEC §5).
+        variant: "bit" (released models; K = 2) or "ind" (K = 2^M), SPEC §1.
+        channels: tokenizer latent channels C (64 for the joint image/video tokenizer).
+        rounds: HBQ rounds M (4).
+        attention: "sdpa" (dense block-diagonal mask; fine for short rows) or "flex" (sparse BlockMask, compiled on
+            CUDA; use it at the release's 40,960-token budget, where a dense mask would need L² bytes per row).
+        tokenizer: the frozen HBQ tokenizer (`grn_lightning.tokenizer.vae.HBQTokenizer`); needed for media batches,
+            I2V first frames and decoding samples.
+        tokenizer_ckpt: weights for `tokenizer` (None keeps its own weights, e.g. random-initialised in tests).
+        text_encoder: frozen text encoder with `width` and `encode(captions, tasks) -> list[[L_i, width]]`
+            (`grn_lightning.generator.text.UMT5TextEncoder`).
+        text_dim: width of the text states the transformer projects (umT5-XXL: 4096); must equal the encoder's.
+        task: "auto" (images → T2I, videos → T2V or I2V), or force "t2i" / "t2v" / "i2v".
+        i2v_probability: with task "auto", the share of video samples trained as I2V (clean first latent frame).
+        ratio_distribution: "logit_normal" (release) or "uniform" (paper).
+        ratio_mu: logit-normal mean (release T2I/T2V: −1.3).
+        ratio_sigma: logit-normal std (release T2I/T2V: 1.3).
+        caption_dropout: probability of training a sample on the empty caption (for CFG; 10%).
+        token_budget: tokens per packed row (release: 40,960 per GPU).
+        max_fraction: samples longer than this share of the budget are dropped (release: 0.4).
+        pad_to_budget: pad every row to exactly `token_budget` (static shapes for compiled kernels).
+        pad_multiple: otherwise pad rows to a multiple of this (128 = flex_attention's block size).
+        lr: AdamW learning rate (SPEC §3: 2e-4, 2e-5 for fine-tuning).
+        betas: AdamW betas ((0.9, 0.999)).
+        weight_decay: AdamW weight decay on ≥2-D weights (release 0.01; paper 0).
+        warmup_steps: linear warm-up in optimiser steps (50).
+        ema_decay: EMA decay (0.999), the weights used for sampling by default.
+        ema_decay_2: optional second EMA track; None disables it.
+        sample_weights: "ema" or "raw".
+        sampling: sampling defaults over `T2X_SAMPLING` (steps, schedule, cfg_scale, cfg_interval, temperature,
+            adaptive {k, b, t_min, t_max, t0, cool_temperature}, max_batch, noise_device).
+        negative_prompt: caption of the unconditional branch of CFG ("" = the empty caption used in training).
+        activation_checkpointing: recompute each block in backward (`configure_model`).
+        compile: torch.compile the transformer per "block", as a whole "model", or "none".
+        fsdp_bf16_params: under FSDP2, gather parameters in bf16 with fp32 gradient reduction.
+        fsdp_reshard_after_forward: under FSDP2, free gathered block weights after forward (ZeRO-3).
+    """
+
+    def __init__(
+        self,
+        size: str = "GRN2b",
+        variant: str = "bit",
+        channels: int = 64,
+        rounds: int = 4,
+        attention: str = "sdpa",
+        tokenizer: nn.Module | None = None,
+        tokenizer_ckpt: str | None = None,
+        text_encoder: nn.Module | None = None,
+        text_dim: int = 4096,
+        task: str = "auto",
+        i2v_probability: float = 0.0,
+        ratio_distribution: str = "logit_normal",
+        ratio_mu: float = -1.3,
+        ratio_sigma: float = 1.3,
+        caption_dropout: float = 0.1,
+        token_budget: int = RELEASE_TOKEN_BUDGET,
+        max_fraction: float = RELEASE_MAX_FRACTION,
+        pad_to_budget: bool = False,
+        pad_multiple: int = 128,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+        ema_decay: float = 0.999,
+        ema_decay_2: float | None = None,
+        sample_weights: str = "ema",
+        sampling: dict | None = None,
+        negative_prompt: str = "",
+        activation_checkpointing: bool = False,
+        compile: str = "none",
+        fsdp_bf16_params: bool = True,
+        fsdp_reshard_after_forward: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer", "text_encoder"])
+        checks = [
+            (size in GRN_T2X, f"model.size={size!r} is not one of {sorted(GRN_T2X)}"),
+            (variant in VARIANTS, f"model.variant={variant!r} is not one of {VARIANTS}"),
+            (attention in ATTENTION_BACKENDS, f"model.attention={attention!r} is not one of {ATTENTION_BACKENDS}"),
+            (task in TRAIN_TASKS, f"model.task={task!r} is not one of {TRAIN_TASKS}"),
+            (sample_weights in SAMPLE_WEIGHTS, f"model.sample_weights={sample_weights!r} is not one of {SAMPLE_WEIGHTS}"),
+            (compile in parallelize.COMPILE_MODES, f"model.compile={compile!r} is not one of {parallelize.COMPILE_MODES}"),
+            (0.0 <= i2v_probability <= 1.0, f"model.i2v_probability must lie in [0, 1], got {i2v_probability}"),
+            (0.0 <= caption_dropout < 1.0, f"model.caption_dropout must lie in [0, 1), got {caption_dropout}"),
+            (token_budget >= 1 and pad_multiple >= 1, "model.token_budget and model.pad_multiple must be >= 1"),
+            (0.0 < max_fraction <= 1.0, f"model.max_fraction must lie in (0, 1], got {max_fraction}"),
+            (warmup_steps >= 0 and lr > 0, "model.lr must be > 0 and model.warmup_steps >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if text_encoder is not None and int(text_encoder.width) != text_dim:
+            raise ValueError(f"model.text_dim={text_dim} differs from the text encoder's width {text_encoder.width}")
+        self.ratio = RatioDistribution(ratio_distribution, ratio_mu, ratio_sigma)
+        self.sampling = merge_sampling(T2X_SAMPLING, sampling)
+        build_sampler(self.sampling)  # fail at construction on a bad sampling option
+        self.model = GRNT2XTransformer(size=size, variant=variant, channels=channels, rounds=rounds,
+                                       text_dim=text_dim, attention=attention)  # fmt: skip
+        self.layout = TokenLayout(variant, channels, rounds)
+        self._init_ema_tracks(ema_decay, ema_decay_2)
+        # Frozen helpers held in __dict__, not _modules: no state_dict entries, no FSDP/optimiser involvement.
+        object.__setattr__(self, "tokenizer", None if tokenizer is None else load_frozen_tokenizer(tokenizer, tokenizer_ckpt))
+        object.__setattr__(self, "text_encoder", None if text_encoder is None else freeze(text_encoder))
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def _require_text_encoder(self) -> nn.Module:
+        if self.text_encoder is None:
+            raise ValueError("T2X training and sampling need model.text_encoder (see configs/t2i.yaml)")
+        first = next(self.text_encoder.parameters(), None)
+        if first is not None and first.device != self.device:
+            self.text_encoder.to(self.device)
+        return self.text_encoder
+
+    @torch.no_grad()
+    def index_labels(self, batch: dict) -> torch.Tensor:
+        """int64 [B, C, T', h, w] index labels from a token batch or (frozen tokenizer) a media batch."""
+        if "tokens" in batch:
+            return batch["tokens"].long()
+        return self._require_tokenizer("training on media batches").tokenize(batch["pixels"].float())
+
+    def _tasks(self, frames: int, count: int, generator: torch.Generator | None) -> list[str]:
+        task = self.hparams.task
+        if task == "t2i" and frames != 1 or task in ("t2v", "i2v") and frames < 2:
+            raise ValueError(f"model.task={task!r} cannot train on batches of {frames} latent frame(s)")
+        if task != "auto":
+            return [task] * count
+        if frames == 1:
+            return ["t2i"] * count
+        i2v = torch.rand(count, generator=generator) < self.hparams.i2v_probability
+        return ["i2v" if flag else "t2v" for flag in i2v.tolist()]
+
+    def packed_batch(self, batch: dict, generator: torch.Generator | None = None, dropout: bool = True):
+        """Corrupt, encode and pack one data-module batch: returns the `PackedBatch` on this module's device.
+
+        `generator` is a CPU generator (corruption, task and dropout draws happen on the host with the packing)."""
+        hp = self.hparams
+        labels = self.index_labels(batch)
+        frames, h, w = labels.shape[2:]
+        tokens = self.layout.to_tokens(labels).cpu().view(labels.shape[0], frames, h, w, -1)
+        keep_rows = batch["valid"].cpu().bool() if "valid" in batch else torch.ones(len(tokens), dtype=torch.bool)
+        tokens, captions = tokens[keep_rows], [c for c, k in zip(batch["caption"], keep_rows.tolist()) if k]
+        count = tokens.shape[0]
+        tasks = self._tasks(frames, count, generator)
+        if dropout and hp.caption_dropout > 0:
+            dropped = (torch.rand(count, generator=generator) < hp.caption_dropout).tolist()
+            captions = ["" if d else c for c, d in zip(captions, dropped)]
+        texts = self._require_text_encoder().encode(captions, tasks)
+        ratio = self.ratio.sample(count, generator=generator)
+        state, kept = corrupt(tokens, ratio, self.model.classes, generator=generator)
+        samples = []
+        for i, task in enumerate(tasks):
+            first = 1 if task == "i2v" else 0  # I2V: latent frame 0 is a clean input, never corrupted or predicted
+            samples.append(T2XSample(
+                state=state[i, first:], text=texts[i], ratio=float(kept[i, first:].float().mean()),  # realised p
+                labels=tokens[i, first:], clean_first=tokens[i, 0] if first else None,
+            ))  # fmt: skip
+        packed = pack_samples(samples, hp.token_budget, hp.max_fraction, hp.pad_to_budget, hp.pad_multiple)
+        return packed.to(self.device)
+
+    # -- training -----------------------------------------------------------------------------------------
+    def _loss(self, batch: dict, generator: torch.Generator | None, dropout: bool, net: nn.Module):
+        try:
+            packed = self.packed_batch(batch, generator, dropout)
+        except ValueError as err:
+            if "exceed" not in str(err):
+                raise
+            raise ValueError(f"{err}: raise model.token_budget or lower the data resolution / frame count") from err
+        logits = net(**packed.model_inputs())
+        result = packed_loss(logits, packed.labels, packed.loss_mask, packed.segment_ids, len(packed.sample_row))
+        return result.loss, packed
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, packed = self._loss(batch, None, True, self.model)
+        samples = len(packed.sample_row)
+        self.log("train/loss", loss, prog_bar=True, batch_size=samples)
+        self.log("train/dropped_samples", float(packed.num_dropped), batch_size=samples)
+        filled = float((packed.segment_ids >= 0).float().mean())
+        self.log("train/row_fill", filled, batch_size=samples)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # kind "mixed" validates on an image and a video loader: Lightning suffixes the names with the loader index
+        self._evaluation_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluation_step(batch, batch_idx, "test")
+
+    def _evaluation_step(self, batch: dict, batch_idx: int, stage: str) -> None:
+        # Fixed draws per batch, so the loss of the sampling weights is comparable across runs. A batch of padding
+        # rows only (equal work on every rank) still runs a forward on its first row and logs nothing.
+        valid = batch["valid"].bool()
+        count = int(valid.sum())
+        sub = dict(batch, valid=valid if count else torch.arange(len(valid), device=valid.device) == 0)
+        generator = torch.Generator().manual_seed(10_000 + batch_idx)
+        loss, _ = self._loss(sub, generator, False, self._sampling_model())
+        if count:
+            self.log(f"{stage}/loss", loss, batch_size=count, sync_dist=True)
+
+    # -- sampling -----------------------------------------------------------------------------------------
+    def _sampling_model(self) -> nn.Module:
+        return self.ema if self.hparams.sample_weights == "ema" else self.model
+
+    @torch.no_grad()
+    def sample_labels(
+        self, captions: list[str], grid: tuple[int, int, int], task: str = "t2i", seeds: list[int] | None = None,
+        first_frame_labels: torch.Tensor | None = None, **overrides,
+    ):  # fmt: skip
+        """Refinement-sample labels [B, T'·h·w, G] for `captions` on the latent `grid` (T', h, w); returns the
+        sampler's `SampleResult`. I2V: `first_frame_labels` [B, h, w, G] are the given frame; `grid` counts the
+        frames to generate after it."""
+        if task not in ("t2i", "t2v", "i2v"):
+            raise ValueError(f"task={task!r} is not one of ('t2i', 't2v', 'i2v')")
+        if (task == "i2v") != (first_frame_labels is not None):
+            raise ValueError("I2V sampling needs first_frame_labels, and only I2V takes them")
+        options = merge_sampling(self.sampling, overrides)
+        sampler = build_sampler(options)
+        encoder = self._require_text_encoder()
+        texts = encoder.encode([*captions, self.hparams.negative_prompt], [task] * len(captions) + [task])
+        model = PromptConditions(self._sampling_model(), texts, grid, clean_first=first_frame_labels)
+        seeds = list(range(len(captions))) if seeds is None else seeds
+        ids = torch.arange(len(captions), device=self.device)
+        with self._autocast():
+            return sampler.sample(model, ids, seeds, lockstep=self._lockstep(self._sampling_model()))
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, T'·h·w, G] labels → media [B, 3, T, H, W] in [-1, 1] through the frozen tokenizer."""
+        tokenizer = self._require_tokenizer("decoding samples")
+        return tokenizer.detokenize(self.layout.to_index_labels(tokens.to(self.device), grid)).float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample_media(
+        self, captions: list[str], height: int, width: int, frames: int = 1, task: str | None = None,
+        first_frame: torch.Tensor | None = None, seeds: list[int] | None = None, **overrides,
+    ) -> torch.Tensor:  # fmt: skip
+        """Images (frames = 1) or videos [B, 3, frames, height, width] in [-1, 1] for `captions`.
+
+        task: None → "t2i" for one frame, "i2v" when `first_frame` [B, 3, 1, H, W] is given, else "t2v"."""
+        tokenizer = self._require_tokenizer("sampling media")
+        _, latent_frames, h, w = tokenizer.vae.latent_shape(frames, height, width)
+        task = task or ("t2i" if frames == 1 else "i2v" if first_frame is not None else "t2v")
+        first = None
+        if task == "i2v":
+            if first_frame is None:
+                raise ValueError("task='i2v' needs first_frame [B, 3, 1, H, W] pixels")
+            first_index = tokenizer.tokenize(first_frame.to(self.device).float())  # [B, C, 1, h, w]
+            first = self.layout.to_tokens(first_index).view(len(captions), h, w, -1)
+            latent_frames -= 1
+        result = self.sample_labels(captions, (latent_frames, h, w), task, seeds, first, **overrides)
+        labels = result.labels.view(len(captions), latent_frames, h, w, -1)
+        if first is not None:
+            labels = torch.cat([first[:, None].to(labels.device), labels], dim=1)
+        grid = (labels.shape[1], h, w)
+        return self.decode(labels.reshape(len(captions), -1, labels.shape[-1]), grid)
