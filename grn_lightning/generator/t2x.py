@@ -200,7 +200,9 @@ class T2XModule(GeneratorModule):
                 labels=tokens[i, first:], clean_first=tokens[i, 0] if first else None,
             ))  # fmt: skip
         packed = pack_samples(samples, hp.token_budget, hp.max_fraction, hp.pad_to_budget, hp.pad_multiple)
-        return packed.to(self.device)
+        packed = packed.to(self.device)
+        packed.frames, packed.i2v_fraction = frames, tasks.count("i2v") / max(1, count)  # for logging
+        return packed
 
     # -- training -----------------------------------------------------------------------------------------
     def _loss(self, batch: dict, generator: torch.Generator | None, dropout: bool, net: nn.Module):
@@ -221,6 +223,9 @@ class T2XModule(GeneratorModule):
         self.log("train/dropped_samples", float(packed.num_dropped), batch_size=samples)
         filled = float((packed.segment_ids >= 0).float().mean())
         self.log("train/row_fill", filled, batch_size=samples)
+        # the batch's latent frames (1 = images) and I2V share: what the mixed image/video stream actually fed
+        self.log("train/latent_frames", float(packed.frames), batch_size=samples)
+        self.log("train/i2v_fraction", packed.i2v_fraction, batch_size=samples)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:

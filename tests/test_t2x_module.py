@@ -1,0 +1,208 @@
+"""T2XModule on real photos and clips: packing of real batches (T2I, T2V, I2V), learning, sampling (T2I/T2V/I2V,
+CFG against the empty caption, adaptive steps), padding independence of the sampling adapter, option errors."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from grn_lightning.generator.adaptive import AdaptiveSteps
+from grn_lightning.generator.rope3d import VISUAL_TIME
+from grn_lightning.generator.t2x import T2XModule
+from grn_lightning.generator.t2x_sampling import PromptConditions
+from grn_lightning.generator.text import UMT5TextEncoder
+from grn_lightning.tokenizer.vae import HBQTokenizer
+from tests.test_c2i_module import real_images
+
+CHANNELS, GRID = 16, 4
+TEXT = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4, "vocab_size": 384}
+CAPTIONS = ["an astronaut in a white suit", "a cat", "a cup of coffee on a saucer", "a rocket on the launch pad"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> HBQTokenizer:
+    torch.manual_seed(0)
+    return HBQTokenizer(latent_channels=CHANNELS, num_rounds=4, preset="tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def photo_batch(tokenizer) -> dict:
+    pixels = real_images()
+    return {"pixels": pixels, "tokens": tokenizer.tokenize(pixels), "caption": list(CAPTIONS),
+            "valid": torch.ones(4, dtype=torch.bool)}  # fmt: skip
+
+
+def encoder() -> UMT5TextEncoder:
+    return UMT5TextEncoder(random_init=TEXT, max_length=64, dtype="float32")
+
+
+def tiny_module(tokenizer=None, **kwargs) -> T2XModule:
+    args = dict(size="tiny", variant="bit", channels=CHANNELS, rounds=4, tokenizer=tokenizer, text_encoder=encoder(),
+                text_dim=TEXT["d_model"], token_budget=512, pad_multiple=16, lr=3e-3, warmup_steps=0, ema_decay=0.9,
+                caption_dropout=0.0, sampling={"steps": 6})  # fmt: skip
+    args.update(kwargs)
+    return T2XModule(**args)
+
+
+def video_tokens(frames: int = 3, batch: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(0, 16, (batch, CHANNELS, frames, GRID, GRID), generator=g)
+
+
+def test_packed_t2i_batch_feeds_the_realised_kept_fraction(photo_batch):
+    """Each photo becomes one sample [16 visual | text | ratio]; the ratio token carries the REALISED kept fraction
+    (SPEC §5): all tokens kept → 1 and the state is the clean labels; none kept → 0 and the state is random."""
+    generator = torch.Generator().manual_seed(0)
+    full = tiny_module(ratio_mu=30.0, ratio_sigma=0.1).packed_batch(photo_batch, generator, dropout=False)
+    assert full.loss_mask.sum() == 4 * GRID * GRID and full.sample_visual.tolist() == [16] * 4
+    assert torch.equal(full.state[full.loss_mask], full.labels[full.loss_mask]) and torch.allclose(full.ratio, torch.ones(4))
+    noise = tiny_module(ratio_mu=-30.0, ratio_sigma=0.1).packed_batch(photo_batch, generator, dropout=False)
+    assert torch.allclose(noise.ratio, torch.zeros(4))
+    agreement = (noise.state[noise.loss_mask] == noise.labels[noise.loss_mask]).float().mean()
+    assert 0.35 < agreement < 0.65  # random bits agree with the labels half the time (K = 2)
+    # p ≈ 0.5 for every sample: the fed ratio is the realised fraction of the 16 tokens × 64 bits, a multiple of
+    # 1/1024 that differs per sample, not the drawn p
+    half = tiny_module(ratio_mu=0.0, ratio_sigma=1e-4).packed_batch(photo_batch, generator, dropout=False)
+    counts = half.ratio * 1024
+    assert torch.allclose(counts, counts.round(), atol=1e-3) and len(set(counts.round().tolist())) > 1
+    assert ((half.ratio - 0.5).abs() < 0.06).all()
+    # texts of different lengths: the captions' own lengths (+ tag) and positions (k, 0, 0)
+    lengths = torch.bincount(noise.text_index // noise.segment_ids.shape[1], minlength=1)
+    assert lengths.sum() == noise.text.shape[0] and noise.text.shape[1] == TEXT["d_model"]
+
+
+def test_i2v_first_latent_frame_is_a_clean_input_never_a_target():
+    module = tiny_module(task="i2v")
+    tokens = video_tokens(frames=3)
+    batch = {"tokens": tokens, "caption": ["waves", "a bike"], "valid": torch.ones(2, dtype=torch.bool)}
+    packed = module.packed_batch(batch, torch.Generator().manual_seed(0), dropout=False)
+    per_frame = GRID * GRID
+    assert packed.loss_mask.sum() == 2 * 2 * per_frame  # frames 1 and 2 of each clip are predicted
+    bits = module.layout.to_tokens(tokens).view(2, 3, per_frame, -1)
+    for s in range(2):
+        row, start = int(packed.sample_row[s]), int(packed.sample_start[s])
+        clean = slice(start + 2 * per_frame, start + 3 * per_frame)  # after the sample's noisy visual tokens
+        assert torch.equal(packed.state[row, clean], bits[s, 0]) and not packed.loss_mask[row, clean].any()
+        assert torch.equal(packed.labels[row, start : start + 2 * per_frame], bits[s, 1:].reshape(-1, bits.shape[-1]))
+        times = packed.positions[row, start : start + 3 * per_frame, 0]
+        assert times[0] == VISUAL_TIME + 1 and times[-1] == VISUAL_TIME  # noisy frames from 601, clean frame at 600
+
+
+def test_auto_task_and_caption_dropout_choices():
+    module = tiny_module(i2v_probability=0.5, caption_dropout=0.5)
+    g = torch.Generator().manual_seed(0)
+    assert module._tasks(1, 4, g) == ["t2i"] * 4
+    tasks = module._tasks(3, 64, g)
+    assert set(tasks) == {"t2v", "i2v"} and 16 < tasks.count("i2v") < 48
+    seen = []
+    encode = module.text_encoder.encode
+    module.text_encoder.encode = lambda captions, task: seen.extend(captions) or encode(captions, task)
+    batch = {"tokens": video_tokens(frames=1, batch=2), "caption": ["a", "b"], "valid": torch.ones(2, dtype=torch.bool)}
+    for _ in range(10):
+        module.packed_batch(batch, g)
+    assert 4 < seen.count("") < 16 and {"a", "b"} <= set(seen)  # about half of the 20 captions dropped to ""
+
+
+def test_option_errors_name_the_option(photo_batch):
+    with pytest.raises(ValueError, match="model.task"):
+        tiny_module(task="t3v")
+    with pytest.raises(ValueError, match="text_dim"):
+        tiny_module(text_dim=128)
+    with pytest.raises(ValueError, match="cannot train on batches of 1 latent frame"):
+        tiny_module(task="t2v").packed_batch(photo_batch)
+    with pytest.raises(ValueError, match="token_budget"):
+        tiny_module(token_budget=64)._loss(photo_batch, None, False, torch.nn.Identity())
+    with pytest.raises(ValueError, match="text_encoder"):
+        tiny_module(text_encoder=None).packed_batch(photo_batch)
+
+
+class _Repeat(torch.utils.data.IterableDataset):
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+
+    def __iter__(self):
+        while True:
+            yield self.batch
+
+
+def test_learns_real_photo_tokens_from_captions(tmp_path, tokenizer, photo_batch):
+    """The tiny T2I model memorises 4 real photos' bits from their captions: the loss of a fixed corruption draw
+    falls far below the uniform guess ln 2, and samples decode to images."""
+    torch.manual_seed(0)
+    module = tiny_module(tokenizer, lr=5e-3)
+    batch = {k: v for k, v in photo_batch.items() if k != "pixels"}
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return float(module._loss(batch, torch.Generator().manual_seed(1), False, module.model)[0])
+
+    before = fixed_loss()
+    trainer = L.Trainer(max_steps=150, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path), gradient_clip_val=0.1)  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader(_Repeat(batch), batch_size=None))
+    after = fixed_loss()
+    assert before == pytest.approx(math.log(2), abs=0.01)  # zero head: uniform logits at step 0
+    print(f"fixed-draw loss {before:.4f} -> {after:.4f}")
+    assert after < 0.5 * before, (before, after)
+    images = module.sample_media(CAPTIONS[:2], 64, 64, seeds=[0, 1])
+    assert images.shape == (2, 3, 1, 64, 64) and images.abs().max() <= 1
+
+
+def test_prompt_conditions_padding_and_batching_do_not_change_logits():
+    """Rows of different text lengths are padded with a block-diagonal mask: a request's logits are the same alone
+    and batched with a longer prompt, and equal prompts take the unmasked fast path with the same result."""
+    torch.manual_seed(0)
+    module = tiny_module()
+    torch.nn.init.normal_(module.model.head.proj.weight, std=0.5)  # non-trivial logits
+    texts = module.text_encoder.encode(["a cat", "a very long caption about a lighthouse at dusk", ""], "t2i")
+    model = PromptConditions(module.model, texts, (1, GRID, GRID))
+    g = model.groups
+    state = torch.randint(0, 2, (3, GRID * GRID, g))
+    ratio = torch.tensor([0.1, 0.5, 0.9])
+    with torch.no_grad():
+        batched = model(state, torch.tensor([0, 1, 2]), ratio)
+        alone = [model(state[i : i + 1], torch.tensor([i]), ratio[i : i + 1]) for i in range(3)]
+        same = model(state[:2], torch.tensor([0, 0]), ratio[:2])
+    for i in range(3):
+        assert torch.allclose(batched[i], alone[i][0], atol=1e-5)
+    assert torch.allclose(same[0], alone[0][0], atol=1e-5) and not torch.allclose(batched[0], batched[1])
+    assert model.null_class == 2 and batched.shape == (3, GRID * GRID, g, 2)
+
+
+def test_sampling_t2i_t2v_i2v_seeds_and_adaptive_steps(tokenizer, monkeypatch):
+    torch.manual_seed(0)
+    module = tiny_module(tokenizer)
+    torch.nn.init.normal_(module.ema.head.proj.weight, std=0.5)
+    a = module.sample_media(["a cat", "a dog"], 64, 64, seeds=[3, 4])
+    b = module.sample_media(["a cat", "a dog"], 64, 64, seeds=[3, 4])
+    c = module.sample_media(["a cat", "a dog"], 64, 64, seeds=[5, 6])
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (2, 3, 1, 64, 64)
+    video = module.sample_media(["waves"], 64, 64, frames=5)
+    assert video.shape == (1, 3, 5, 64, 64)
+
+    # I2V: the given first frame's tokens open the decoded token grid unchanged; only later frames are sampled
+    first = real_images()[:1]
+    decoded = {}
+    monkeypatch.setattr(module, "decode", lambda tokens, grid: decoded.update(tokens=tokens, grid=grid) or tokens)
+    module.sample_media(["an astronaut waving"], 64, 64, frames=5, first_frame=first)
+    given = module.layout.to_tokens(tokenizer.tokenize(first))
+    assert decoded["grid"] == (2, GRID, GRID) and torch.equal(decoded["tokens"][:, : GRID * GRID], given)
+
+    # entropy-guided step counts for text models (SPEC §6: offered for all tasks)
+    adaptive = {"t0": 2, "k": 40.0, "b": -30.0, "t_min": 4, "t_max": 12}
+    result = module.sample_labels(["a cat", "a dog", "a bird"], (1, GRID, GRID), adaptive=adaptive)
+    expected = AdaptiveSteps(**adaptive).remaining_steps(result.entropy) + adaptive["t0"]
+    assert torch.equal(result.steps, expected) and ((4 <= result.steps) & (result.steps <= 12)).all()
+
+
+def test_sampling_rejects_mismatched_task_inputs():
+    module = tiny_module()
+    with pytest.raises(ValueError, match="first_frame_labels"):
+        module.sample_labels(["x"], (1, GRID, GRID), task="i2v")
+    with pytest.raises(ValueError, match="task="):
+        module.sample_labels(["x"], (1, GRID, GRID), task="t2a")
