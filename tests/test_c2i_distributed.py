@@ -1,4 +1,4 @@
-"""C2IModule under 2-process CPU (gloo) data parallelism: FSDP2 (`ModelParallelStrategy` + `fully_shard`) and DDP.
+"""C2IModule (and T2XModule, mode fsdp2_t2x) under 2-process CPU (gloo) data parallelism: FSDP2 (`ModelParallelStrategy` + `fully_shard`) and DDP.
 
 Each run trains a tiny GRN for a few steps, saves a checkpoint (sharded for FSDP2), then a second run resumes
 from it: the restored EMA weights, raw weights and step counter must equal the saved ones exactly, and both
@@ -69,20 +69,31 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 16, (16, 4, 1, 4, 4), generator=g)
-    data = [{"tokens": tokens[i : i + 4], "cls": torch.arange(4) % 3, "valid": torch.ones(4, dtype=torch.bool)}
-            for i in range(0, 16, 4)]  # fmt: skip
+    data = [{"tokens": tokens[i : i + 4], "cls": torch.arange(4) % 3, "valid": torch.ones(4, dtype=torch.bool),
+             "caption": ["a cat", "a dog", "", "a long caption about a bird"]} for i in range(0, 16, 4)]  # fmt: skip
     loader = torch.utils.data.DataLoader(data, batch_size=None)
-    module = C2IModule(
-        size="tiny", variant="ind", channels=4, rounds=4, num_classes=3, grid_size=4, in_context_tokens=4,
-        lr=1e-3, ema_decay=0.5, activation_checkpointing=(mode == "fsdp2"), fsdp_bf16_params=False,
-    )  # fmt: skip
+    if mode == "fsdp2_t2x":  # the T2I module shares the sharding, EMA and checkpoint code (generator_module.py)
+        from grn_lightning.generator.t2x import T2XModule
+        from grn_lightning.generator.text import UMT5TextEncoder
+
+        text = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4, "vocab_size": 384}
+        module = T2XModule(
+            size="tiny", variant="bit", channels=4, rounds=4, text_dim=32, token_budget=256, pad_multiple=16,
+            text_encoder=UMT5TextEncoder(random_init=text, max_length=32, dtype="float32"), caption_dropout=0.0,
+            lr=1e-3, warmup_steps=0, ema_decay=0.5, activation_checkpointing=True, fsdp_bf16_params=False,
+        )  # fmt: skip
+    else:
+        module = C2IModule(
+            size="tiny", variant="ind", channels=4, rounds=4, num_classes=3, grid_size=4, in_context_tokens=4,
+            lr=1e-3, ema_decay=0.5, activation_checkpointing=(mode == "fsdp2"), fsdp_bf16_params=False,
+        )  # fmt: skip
     accelerator, precision = "cpu", "32-true"
     if mode.startswith("fsdp2"):
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         # "fsdp2": sharded (distributed) checkpoint directory; "fsdp2_full": one consolidated file from rank 0.
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
-                                         save_distributed_checkpoint=(mode == "fsdp2"))  # fmt: skip
+                                         save_distributed_checkpoint=(mode != "fsdp2_full"))  # fmt: skip
     elif mode.startswith("fsdp1_gpu"):
         # GPU only: Lightning FSDPStrategy (FSDP1) with the wrap policy of configs/c2i_fsdp1.yaml.
         from lightning.pytorch.strategies import FSDPStrategy
@@ -119,7 +130,7 @@ def _run(mode: str, phase: str, out_dir: str) -> None:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("mode", ["fsdp2", "fsdp2_full", "ddp"])
+@pytest.mark.parametrize("mode", ["fsdp2", "fsdp2_full", "ddp", "fsdp2_t2x"])
 def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
     out = str(tmp_path)
     _run(mode, "first", out)
@@ -134,7 +145,8 @@ def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
         assert torch.equal(restored[0]["state"][name], value), f"{name} not restored exactly"
         assert torch.equal(restored[1]["state"][name], value), f"{name} not restored exactly on rank 1"
     # The EMA really moved: it differs from the raw weights and changes between save and the end of the resume.
-    ema_keys = [k for k in saved[0]["state"] if k.startswith("ema.") and "blocks.0.attn.qkv.weight" in k]
+    ema_keys = [k for k in saved[0]["state"] if k.startswith("ema.blocks.0.attn.") and k.endswith("proj.weight")
+                or k == "ema.blocks.0.attn.qkv.weight"]  # C2I fuses qkv, T2X has q/k/v/o_proj
     raw = saved[0]["state"][ema_keys[0].replace("ema.", "model.", 1)]
     assert not torch.equal(saved[0]["state"][ema_keys[0]], raw)
     assert not torch.equal(final[0]["state"][ema_keys[0]], saved[0]["state"][ema_keys[0]])
