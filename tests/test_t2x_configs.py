@@ -1,6 +1,7 @@
 """T2I/T2V configs: the full ones parse through `grn` with the release recipe (SPEC §3, §5, §6) and build on the meta
 device at the released parameter counts; the smoke configs train (images; images + clips with I2V), validate, log
-samples to TensorBoard, checkpoint without the frozen tokenizer / text encoder, resume and test on the demo data."""
+samples to TensorBoard, checkpoint without the frozen tokenizer / text encoder, resume, test and predict (PNGs,
+MP4s, I2V from a photo) on the demo data."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _print_config(files: list[str], capsys) -> dict:
 
 
 def test_every_t2x_config_is_covered():
-    assert {p.name for p in CONFIGS.glob("t2*.yaml")} == {"t2i.yaml", "t2v.yaml"}
+    assert {p.name for p in CONFIGS.glob("t2*.yaml")} == {"t2i.yaml", "t2v.yaml", "t2x_predict.yaml"}
     assert {p.name for p in (CONFIGS / "smoke").glob("t2*.yaml")} == {"t2i.yaml", "t2v.yaml"}
 
 
@@ -114,3 +115,23 @@ def test_smoke_configs_train_log_samples_checkpoint_resume_and_test(tmp_path, de
                    "--data.num_workers", "0", "--trainer.limit_test_batches", "1", "--trainer.default_root_dir", root,
                    "--trainer.logger.init_args.save_dir", root, "--trainer.enable_progress_bar", "false"])  # fmt: skip
     assert 0 < float(tested.trainer.callback_metrics["test/loss"]) < 2 * math.log(2)
+
+    # `grn predict` with configs/t2x_predict.yaml: PNGs + grid; clips also as MP4s (I2V from a held-out photo)
+    out = tmp_path / "samples"
+    request = ["--data.prompts", "[a person riding a bike, a cat]", "--data.samples_per_prompt", "2",
+               "--data.height", "64", "--data.width", "64", "--data.sampling", "{steps: 4}"]  # fmt: skip
+    if video:
+        photo = next(Path(demo_data["images-train"]).parent.parent.rglob("*.jpg"))
+        request += ["--data.frames", "5", "--data.first_frame", str(photo)]
+    main(["predict", *_args(files + ["t2x_predict.yaml"]), "--ckpt_path", str(checkpoint), "--trainer.accelerator",
+          "cpu", "--trainer.callbacks.output_dir", str(out), "--trainer.default_root_dir", root,
+          "--trainer.enable_progress_bar", "false", *request])  # fmt: skip
+    names = {p.name for p in out.iterdir()}
+    expected = {f"prompt{p:03d}_{i:03d}.{ext}" for p in (0, 1) for i in (0, 1) for ext in (["png", "mp4"] if video else ["png"])}
+    assert names == expected | {"grid.png"}
+    if video:
+        import av
+
+        with av.open(str(out / "prompt000_000.mp4")) as container:
+            frames = list(container.decode(video=0))
+        assert len(frames) == 5 and (frames[0].width, frames[0].height) == (64, 64)

@@ -302,3 +302,12 @@ class T2XModule(GeneratorModule):
             labels = torch.cat([first[:, None].to(labels.device), labels], dim=1)
         grid = (labels.shape[1], h, w)
         return self.decode(labels.reshape(len(captions), -1, labels.shape[-1]), grid)
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Requests from `T2XPromptRequests` (t2x_predict.py): samples for captions (I2V with `first_frame`);
+        `T2XSampleWriter` writes the returned media as PNGs / MP4s and a grid."""
+        media = self.sample_media(
+            batch["captions"], batch["height"], batch["width"], batch["frames"], first_frame=batch.get("first_frame"),
+            seeds=batch["seeds"], **dict(batch.get("sampling") or {}),
+        )  # fmt: skip
+        return {"media": media, "names": batch["names"]}

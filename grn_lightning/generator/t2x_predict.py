@@ -1,0 +1,135 @@
+"""`grn predict` for T2I / T2V / I2V: prompt requests (a data module) and a PNG / MP4 writer (a callback).
+
+    grn predict --config configs/t2i.yaml --config configs/t2x_predict.yaml --ckpt_path run/last.ckpt \
+        --data.prompts "[a red fox in the snow, a bowl of ramen]" --data.samples_per_prompt 4
+
+Every prompt gets `samples_per_prompt` samples with seeds seed + i (i counts all samples of the run), so one sample
+reproduces alone. `first_frame` (an image file) turns clip requests into I2V: the picture is cropped to the output
+size like training frames, encoded, and generation continues from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from grn_lightning.generator.predict import C2ISampleWriter
+
+
+def _identity(batch):
+    return batch
+
+
+class T2XPromptRequests(L.LightningDataModule):
+    """Prompt requests for `T2XModule.predict_step`.
+
+    Args:
+        prompts: captions to sample.
+        prompts_file: a text file with one caption per line, added after `prompts` (blank lines skipped).
+        samples_per_prompt: samples of every prompt.
+        batch_size: samples per `predict_step`.
+        seed: seed of the first sample; sample i uses seed + i.
+        height: output height in pixels (a multiple of the tokenizer's stride, 16).
+        width: output width in pixels.
+        frames: 1 (images) or 1 + 4k frames (clips).
+        first_frame: image file: clips continue from it (I2V); None samples T2I / T2V.
+        sampling: sampling overrides for every request (cfg_scale, temperature, steps, schedule, adaptive, ...).
+    """
+
+    def __init__(
+        self,
+        prompts: list[str] | None = None,
+        prompts_file: str | None = None,
+        samples_per_prompt: int = 1,
+        batch_size: int = 8,
+        seed: int = 0,
+        height: int = 256,
+        width: int = 256,
+        frames: int = 1,
+        first_frame: str | None = None,
+        sampling: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.prompts = list(prompts or [])
+        if prompts_file is not None:
+            if not Path(prompts_file).is_file():
+                raise FileNotFoundError(f"data.prompts_file: {prompts_file} does not exist")
+            self.prompts += [line.strip() for line in Path(prompts_file).read_text().splitlines() if line.strip()]
+        if not self.prompts:
+            raise ValueError("give data.prompts or data.prompts_file: there is nothing to sample")
+        if samples_per_prompt < 1 or batch_size < 1:
+            raise ValueError("data.samples_per_prompt and data.batch_size must be >= 1")
+        if height % 16 or width % 16 or frames < 1 or (frames - 1) % 4:
+            raise ValueError(f"data.height/width must be multiples of 16 and frames 1 + 4k, got {height}x{width}x{frames}")
+        if first_frame is not None and (frames == 1 or not Path(first_frame).is_file()):
+            raise ValueError(f"data.first_frame={first_frame!r}: I2V needs an existing image file and frames > 1")
+        self.hp = dict(samples_per_prompt=samples_per_prompt, batch_size=batch_size, seed=seed, height=height,
+                       width=width, frames=frames, first_frame=first_frame, sampling=dict(sampling or {}))  # fmt: skip
+
+    def _first_frame_pixels(self) -> torch.Tensor:
+        """[3, 1, H, W] in [-1, 1]: the I2V picture, resized to cover the output and centre-cropped (as training)."""
+        from PIL import Image
+
+        from grn_lightning.data.media import image_to_tensor, resize_cover_crop_image
+
+        image = Image.open(self.hp["first_frame"]).convert("RGB")
+        image = resize_cover_crop_image(image, self.hp["height"], self.hp["width"])
+        return image_to_tensor(image).float().div(127.5).sub(1.0)
+
+    def requests(self) -> list[dict]:
+        hp = self.hp
+        captions = [p for p in self.prompts for _ in range(hp["samples_per_prompt"])]
+        names = [f"prompt{i // hp['samples_per_prompt']:03d}_{i % hp['samples_per_prompt']:03d}" for i in range(len(captions))]
+        first = self._first_frame_pixels() if hp["first_frame"] else None
+        batches = []
+        for start in range(0, len(captions), hp["batch_size"]):
+            chunk = captions[start : start + hp["batch_size"]]
+            batch = {"captions": chunk, "names": names[start : start + len(chunk)],
+                     "seeds": [hp["seed"] + start + i for i in range(len(chunk))], "height": hp["height"],
+                     "width": hp["width"], "frames": hp["frames"], "sampling": hp["sampling"]}  # fmt: skip
+            if first is not None:
+                batch["first_frame"] = first[None].expand(len(chunk), -1, -1, -1, -1).contiguous()
+            batches.append(batch)
+        return batches
+
+    def predict_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.requests(), batch_size=None, collate_fn=_identity)
+
+
+class T2XSampleWriter(C2ISampleWriter):
+    """Writes every sample as `output_dir/<name>.png` (a clip's first frame) and, for clips, `<name>.mp4`; the first
+    `grid_size` samples also go into `output_dir/grid.png`.
+
+    Args:
+        output_dir: directory for the files (created).
+        grid_size: samples in the grid (0: no grid).
+        fps: frame rate of the MP4s (the clips' training rate, 16).
+    """
+
+    def __init__(self, output_dir: str = "samples", grid_size: int = 16, fps: int = 16) -> None:
+        super().__init__(output_dir, grid_size)
+        self.fps = fps
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        media = prediction["media"]
+        first_frames = {"images": media[:, :, 0], "names": prediction["names"]}
+        super().write_on_batch_end(trainer, pl_module, first_frames, batch_indices, batch, batch_idx, dataloader_idx)
+        if media.shape[2] > 1:
+            for clip, name in zip(media, prediction["names"]):
+                write_mp4(self.output_dir / f"{name}.mp4", clip, self.fps)
+
+
+def write_mp4(path: Path, clip: torch.Tensor, fps: int) -> None:
+    """clip [3, T, H, W] in [-1, 1] → an MP4 (H.264 where the installed FFmpeg has an encoder, else MPEG-4 part 2)."""
+    import av
+
+    frames = C2ISampleWriter.to_uint8(clip.permute(1, 0, 2, 3)).numpy()  # [T, H, W, 3]
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for array in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())  # flush the encoder
