@@ -6,17 +6,20 @@
 #   3. C2I       tiny GRN_ind and GRN_bit on labels from that tokenizer, then `grn predict`: class-conditional
 #                samples (adaptive steps) and a region edit of a held-out photo
 #   4. eval      `make eval-imagenet` on a folder of held-out photos standing in for ImageNet val
+#   5. T2I/T2V   tiny text-conditioned GRN on the demo photos and clips with their captions (T2I, T2V and I2V in one
+#                run, random-init umT5-structured text encoder), then `grn predict`: images for two prompts and
+#                I2V clips continuing a held-out photo (MP4s)
 # Metric networks are random-initialised here (no weight downloads): the numbers show the pipeline, not quality.
 # Environment (set by the Makefile): GRN_DEMO_DATA (demo shards), OUT (outputs), BIN (venv bin folder).
 set -euo pipefail
 : "${GRN_DEMO_DATA:=data/demo}" "${OUT:=outputs}" "${BIN:=.venv/bin}"
-: "${TOKENIZER_STEPS:=300}" "${C2I_STEPS:=200}"
+: "${TOKENIZER_STEPS:=300}" "${C2I_STEPS:=200}" "${T2X_STEPS:=200}"
 export GRN_DEMO_DATA
 SHARDS="$GRN_DEMO_DATA/shards"
 mkdir -p "$OUT"
 GRN="$BIN/grn"
 
-echo "== 1/4 data: one batch of each kind from the demo shards"
+echo "== 1/5 data: one batch of each kind from the demo shards"
 "$BIN/python" - <<'PY'
 import os
 import grn_lightning  # noqa: F401
@@ -33,7 +36,7 @@ for _ in range(4):
     print(f"  pixels {tuple(batch['pixels'].shape)}  classes {batch['cls'].tolist()}  '{batch['caption'][0]}'")
 PY
 
-echo "== 2/4 tokenizer: tiny HBQ tokenizer, $TOKENIZER_STEPS steps on the demo photos"
+echo "== 2/5 tokenizer: tiny HBQ tokenizer, $TOKENIZER_STEPS steps on the demo photos"
 TOK="$OUT/tokenizer"
 TOK_ARGS=(--config configs/smoke/tokenizer_image.yaml
   --trainer.default_root_dir "$TOK" --trainer.logger.init_args.save_dir "$TOK" --trainer.logger.init_args.version demo
@@ -44,7 +47,7 @@ TOK_ARGS=(--config configs/smoke/tokenizer_image.yaml
 TOK_CKPT="$TOK/tb/demo/checkpoints/last.ckpt"
 "$GRN" test "${TOK_ARGS[@]}" --ckpt_path "$TOK_CKPT"
 
-echo "== 3/4 C2I: GRN_ind and GRN_bit on the tokenizer's labels, $C2I_STEPS steps each"
+echo "== 3/5 C2I: GRN_ind and GRN_bit on the tokenizer's labels, $C2I_STEPS steps each"
 for VARIANT in ind bit; do
   C2I_CONFIGS=(--config configs/smoke/c2i_ind.yaml)
   [ "$VARIANT" = bit ] && C2I_CONFIGS+=(--config configs/smoke/c2i_bit.yaml)
@@ -65,9 +68,29 @@ for VARIANT in ind bit; do
   echo "   samples: $RUN/samples (grid.png, one PNG per sample, edits)"
 done
 
-echo "== 4/4 eval: make eval-imagenet on held-out demo photos (tokenizer half) and the GRN_ind checkpoint"
+echo "== 4/5 eval: make eval-imagenet on held-out demo photos (tokenizer half) and the GRN_ind checkpoint"
 make --no-print-directory eval-imagenet BIN="$BIN" EVAL_OUT="$OUT/eval_imagenet" \
   CKPT="$OUT/c2i_ind/tb/demo/checkpoints/last.ckpt" CONFIG=configs/smoke/c2i_ind.yaml NUM_SAMPLES=32 \
   TOKENIZER_CKPT="$TOK_CKPT" TOKENIZER_CONFIG=configs/smoke/tokenizer_image.yaml IMAGENET_VAL="$GRN_DEMO_DATA/raw/test" \
   EVAL_ARGS="--random-init --size 64 --batch-size 16 --tokenizer-batch-size 8 --workers 0 --is-splits 2 --recon-grid 8"
+echo "== 5/5 T2I/T2V/I2V: tiny text-conditioned GRN on the demo photos + clips and their captions, $T2X_STEPS steps"
+RUN="$OUT/t2x"
+T2X_CONFIGS=(--config configs/smoke/t2i.yaml --config configs/smoke/t2v.yaml)
+"$GRN" fit "${T2X_CONFIGS[@]}" --model.init_args.tokenizer_ckpt "$TOK_CKPT" \
+  --trainer.default_root_dir "$RUN" --trainer.logger.init_args.save_dir "$RUN" --trainer.logger.init_args.version demo \
+  --trainer.max_steps "$T2X_STEPS" --trainer.val_check_interval "$T2X_STEPS" \
+  --data.train_shards "$SHARDS/images-train-{000000..000003}.tar" --data.val_shards "$SHARDS/images-val-{000000..000001}.tar" \
+  --data.train_video_shards "$SHARDS/videos-train-{000000..000003}.tar" \
+  --data.val_video_shards "$SHARDS/videos-val-{000000..000000}.tar"
+for KIND in images clips; do
+  REQUEST=(--data.prompts "[a photo of an astronaut, a cup of coffee]" --data.samples_per_prompt 2)
+  [ "$KIND" = clips ] && REQUEST=(--data.prompts "[a person riding a bike]" --data.samples_per_prompt 2 \
+    --data.frames 5 --data.first_frame "$GRN_DEMO_DATA/raw/test/motorcycle_right_00.jpg")
+  "$GRN" predict "${T2X_CONFIGS[@]}" --config configs/t2x_predict.yaml --model.init_args.tokenizer_ckpt "$TOK_CKPT" \
+    --ckpt_path "$RUN/tb/demo/checkpoints/last.ckpt" --trainer.accelerator cpu \
+    --trainer.callbacks.output_dir "$RUN/samples_$KIND" --data.height 64 --data.width 64 --data.sampling "{steps: 8}" \
+    "${REQUEST[@]}"
+  echo "   samples: $RUN/samples_$KIND"
+done
+
 echo "== demo done: TensorBoard logs, checkpoints, samples and metrics under $OUT (tensorboard --logdir $OUT)"

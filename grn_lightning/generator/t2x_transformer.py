@@ -120,7 +120,10 @@ class QwenAttention(nn.Module):
         q = apply_rope_interleaved(q, *rope).to(v.dtype)
         k = apply_rope_interleaved(k, *rope).to(v.dtype)
         if backend == "flex" and mask is not None:
-            out = _flex_attention(x.is_cuda)(q, k, v, block_mask=mask)
+            # Inside a compiled block (compile="block"), dynamo traces flex_attention itself; the cached eager-side
+            # wrapper would be a second, nested compile (and its lru_cache a graph break under fullgraph=True).
+            compiling = torch.compiler.is_compiling()
+            out = _flex_attention(x.is_cuda and not compiling)(q, k, v, block_mask=mask)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, self.heads * self.head_dim))
