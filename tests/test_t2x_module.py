@@ -243,7 +243,10 @@ def test_gpu_flex_compiled_blocks_bf16_training_learns(tmp_path):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             return float(module._loss(batch, torch.Generator().manual_seed(1), False, module.model)[0])
 
-    trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=80, logger=False,
+    # Calibration: on the CPU (fp32, eager SDPA, same batch, lr, AC) this fixed loss is 0.606 after 80 steps and 0.0003
+    # after 300. The H200 run of 2026-12-04 with 80 steps reached 0.569 (the same curve), which the 0.35 threshold
+    # below refused; hence 300 steps.
+    trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=300, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         gradient_clip_val=0.1, default_root_dir=str(tmp_path))  # fmt: skip
     trainer.fit(module, torch.utils.data.DataLoader(_Repeat(batch), batch_size=None))

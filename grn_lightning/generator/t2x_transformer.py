@@ -74,6 +74,17 @@ def _flex_attention(compiled: bool):
     return flex_attention
 
 
+def _flex_attention_call(q, k, v, block_mask, cuda: bool) -> torch.Tensor:
+    """flex_attention with the packing mask. Inside a compiled block (compile="block") dynamo traces flex_attention
+    itself into the block's graph; the cached compiled wrapper would be a second, nested compile (seen on an H200:
+    dynamo warned about tracing through its lru_cache)."""
+    if torch.compiler.is_compiling():
+        from torch.nn.attention.flex_attention import flex_attention
+
+        return flex_attention(q, k, v, block_mask=block_mask)
+    return _flex_attention(cuda)(q, k, v, block_mask=block_mask)
+
+
 def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     """bool [B, 1, L, L]: query i may attend key j iff they carry the same segment id (padding, id −1, attends only to
     padding, so no row is empty and SDPA never produces NaN)."""
@@ -120,10 +131,7 @@ class QwenAttention(nn.Module):
         q = apply_rope_interleaved(q, *rope).to(v.dtype)
         k = apply_rope_interleaved(k, *rope).to(v.dtype)
         if backend == "flex" and mask is not None:
-            # Inside a compiled block (compile="block"), dynamo traces flex_attention itself; the cached eager-side
-            # wrapper would be a second, nested compile (and its lru_cache a graph break under fullgraph=True).
-            compiling = torch.compiler.is_compiling()
-            out = _flex_attention(x.is_cuda and not compiling)(q, k, v, block_mask=mask)
+            out = _flex_attention_call(q, k, v, mask, x.is_cuda)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, self.heads * self.head_dim))
