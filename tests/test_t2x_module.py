@@ -14,20 +14,13 @@ from grn_lightning.generator.rope3d import VISUAL_TIME
 from grn_lightning.generator.t2x import T2XModule
 from grn_lightning.generator.t2x_sampling import PromptConditions
 from grn_lightning.generator.text import UMT5TextEncoder
-from grn_lightning.tokenizer.vae import HBQTokenizer
-from tests.test_c2i_module import real_images
+from tests.test_c2i_module import real_images, tokenizer  # noqa: F401  (the tiny C = 16 tokenizer fixture)
 
 CHANNELS, GRID = 16, 4
 TEXT = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4, "vocab_size": 384}
 CAPTIONS = ["an astronaut in a white suit", "a cat", "a cup of coffee on a saucer", "a rocket on the launch pad"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> HBQTokenizer:
-    torch.manual_seed(0)
-    return HBQTokenizer(latent_channels=CHANNELS, num_rounds=4, preset="tiny").eval()
 
 
 @pytest.fixture(scope="module")
