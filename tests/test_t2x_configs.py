@@ -44,7 +44,7 @@ def test_t2i_config_is_the_release_recipe(capsys):
     assert (model["ratio_mu"], model["ratio_sigma"], model["caption_dropout"]) == (-1.3, 1.3, 0.1)
     assert (model["lr"], model["betas"], model["weight_decay"], model["warmup_steps"]) == (2e-4, [0.9, 0.999], 0.01, 50)
     assert model["ema_decay"] == 0.999 and model["activation_checkpointing"] and model["attention"] == "flex"
-    assert (model["token_budget"], model["max_fraction"]) == (40960, 0.4)
+    assert (model["token_budget"], model["max_fraction"], model["max_rows"]) == (40960, 0.4, 1) and model["pad_to_budget"]
     sampling = model["sampling"]
     assert sampling["schedule"] == "cosine" and sampling["cfg_interval"] == [0.0, 1.0]  # CFG always on for text
     trainer = config["trainer"]

@@ -86,6 +86,18 @@ def test_i2v_first_latent_frame_is_a_clean_input_never_a_target():
         assert times[0] == VISUAL_TIME + 1 and times[-1] == VISUAL_TIME  # noisy frames from 601, clean frame at 600
 
 
+def test_budget_splits_rows_and_max_rows_drops_the_overflow(photo_batch):
+    """4 photos of 16 visual + ~20 text tokens in a 64-token budget: 2 rows of one sample each are not enough, so
+    `max_rows=2` keeps the first samples and counts the rest as dropped; without it every sample gets packed."""
+    batch = dict(photo_batch, caption=["a cat"] * 4)  # 16 + 12 ("<T2I> a cat" + EOS) + 1 = 29 tokens: 2 per row
+    g = torch.Generator().manual_seed(0)
+    packed = tiny_module(token_budget=64, max_fraction=1.0).packed_batch(batch, g, dropout=False)
+    assert packed.segment_ids.shape[0] == 2 and packed.num_dropped == 0
+    capped = tiny_module(token_budget=64, max_fraction=1.0, max_rows=1, pad_to_budget=True).packed_batch(batch, g, dropout=False)
+    assert capped.segment_ids.shape == (1, 64) and capped.dropped == [2, 3] and capped.sample_indices == [0, 1]
+    assert capped.loss_mask.sum() == 2 * GRID * GRID
+
+
 def test_auto_task_and_caption_dropout_choices():
     module = tiny_module(i2v_probability=0.5, caption_dropout=0.5)
     g = torch.Generator().manual_seed(0)

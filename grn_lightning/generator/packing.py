@@ -245,13 +245,21 @@ def pack_samples(
     pad_to_budget: bool = False,
     pad_multiple: int = 1,
     weight_exponent: float = 0.5,
+    max_rows: int | None = None,
 ) -> PackedBatch:
     """Greedy fill of `samples` into rows of at most `budget` tokens (`greedy_pack`), then `pack_rows`.
 
     The result's `dropped` lists the samples over max_fraction·budget, `sample_indices` the input index of every
     packed sample. pad_to_budget: every row is exactly `budget` long (static shapes for compiled kernels).
+    max_rows: keep only the first rows; the samples of later rows are dropped too (a fixed step shape and memory
+    bound, instead of a mostly empty extra row when a batch overflows the budget).
     """
     plan = greedy_pack([s.num_tokens for s in samples], budget, max_fraction)
+    if max_rows is not None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        overflow = [i for row in plan.rows[max_rows:] for i in row]
+        plan = PackPlan(plan.rows[:max_rows], sorted(plan.dropped + overflow))
     if not plan.rows:
         raise ValueError(f"all {len(samples)} samples exceed {max_fraction:g} of the {budget}-token budget")
     batch = pack_rows(

@@ -65,6 +65,9 @@ class T2XModule(GeneratorModule):
         max_fraction: samples longer than this share of the budget are dropped (release: 0.4).
         pad_to_budget: pad every row to exactly `token_budget` (static shapes for compiled kernels).
         pad_multiple: otherwise pad rows to a multiple of this (128 = flex_attention's block size).
+        max_rows: packed rows per step at most (None: as many as the batch needs); samples that would open a further
+            row are dropped and counted in `train/dropped_samples`. With `pad_to_budget` this fixes the step's shape
+            and memory (1 = the release's one 40,960-token row per GPU).
         lr: AdamW learning rate (SPEC §3: 2e-4, 2e-5 for fine-tuning).
         betas: AdamW betas ((0.9, 0.999)).
         weight_decay: AdamW weight decay on ≥2-D weights (release 0.01; paper 0).
@@ -102,6 +105,7 @@ class T2XModule(GeneratorModule):
         max_fraction: float = RELEASE_MAX_FRACTION,
         pad_to_budget: bool = False,
         pad_multiple: int = 128,
+        max_rows: int | None = None,
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.01,
@@ -128,6 +132,7 @@ class T2XModule(GeneratorModule):
             (0.0 <= i2v_probability <= 1.0, f"model.i2v_probability must lie in [0, 1], got {i2v_probability}"),
             (0.0 <= caption_dropout < 1.0, f"model.caption_dropout must lie in [0, 1), got {caption_dropout}"),
             (token_budget >= 1 and pad_multiple >= 1, "model.token_budget and model.pad_multiple must be >= 1"),
+            (max_rows is None or max_rows >= 1, f"model.max_rows must be >= 1 or null, got {max_rows}"),
             (0.0 < max_fraction <= 1.0, f"model.max_fraction must lie in (0, 1], got {max_fraction}"),
             (warmup_steps >= 0 and lr > 0, "model.lr must be > 0 and model.warmup_steps >= 0"),
         ]
@@ -199,7 +204,8 @@ class T2XModule(GeneratorModule):
                 state=state[i, first:], text=texts[i], ratio=float(kept[i, first:].float().mean()),  # realised p
                 labels=tokens[i, first:], clean_first=tokens[i, 0] if first else None,
             ))  # fmt: skip
-        packed = pack_samples(samples, hp.token_budget, hp.max_fraction, hp.pad_to_budget, hp.pad_multiple)
+        packed = pack_samples(samples, hp.token_budget, hp.max_fraction, hp.pad_to_budget, hp.pad_multiple,
+                              max_rows=hp.max_rows)  # fmt: skip
         packed = packed.to(self.device)
         packed.frames, packed.i2v_fraction = frames, tasks.count("i2v") / max(1, count)  # for logging
         return packed
