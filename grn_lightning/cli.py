@@ -12,6 +12,10 @@ so a typo fails at once with the bad key named.
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
+
 import grn_lightning  # noqa: F401  (torchvision compatibility before lightning)
 
 import torch
@@ -74,8 +78,34 @@ def main(args: list[str] | None = None, run: bool = True) -> GRNCLI:
 
 def console() -> None:
     """The `grn` console script. Returns None: the generated wrapper calls `sys.exit(console())`, and exiting with
-    the CLI object would print it and end with status 1 after a successful run."""
-    main()
+    the CLI object would print it and end with status 1 after a successful run.
+
+    A configuration problem that grn-lightning itself reports (a missing weight file or checkpoint, a bad option
+    value) reaches the user as that one message and exit status 2: jsonargparse would otherwise bury it under a
+    traceback and a dump of every parsed option. GRN_DEBUG=1 keeps the full traceback."""
+    try:
+        main()
+    except Exception as err:  # noqa: BLE001  (re-raised unless it is one of our own configuration errors)
+        cause = own_configuration_error(err)
+        if cause is None or os.environ.get("GRN_DEBUG"):
+            raise
+        print(f"grn: error: {cause}\n(GRN_DEBUG=1 shows the full traceback)", file=sys.stderr)
+        sys.exit(2)
+
+
+def own_configuration_error(err: BaseException) -> BaseException | None:
+    """The root cause of `err` when it is a configuration error raised by grn-lightning code (missing file, bad
+    value, missing key), else None."""
+    root = err
+    for _ in range(32):  # follow __cause__ / __context__ to the innermost exception
+        nxt = root.__cause__ or root.__context__
+        if nxt is None:
+            break
+        root = nxt
+    if root is err or not isinstance(root, (FileNotFoundError, ValueError, KeyError)):
+        return None
+    frames = traceback.extract_tb(root.__traceback__)
+    return root if frames and f"{os.sep}grn_lightning{os.sep}" in frames[-1].filename else None
 
 
 if __name__ == "__main__":

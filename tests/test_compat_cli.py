@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -114,3 +115,33 @@ def test_grn_console_script_exits_zero_after_a_run(tmp_path, demo_data):
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "GRNCLI object" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        (["--model.init_args.task", "t3v"], "model.task='t3v' is not one of"),
+        ("missing_umt5.yaml", "tools/fetch_weights.py umt5_xxl"),
+    ],
+    ids=["bad-value", "missing-weights"],
+)
+def test_grn_console_script_reports_configuration_errors_in_one_message(tmp_path, override, expected):
+    """A bad option value or a missing weight folder: exit status 2 and the framework's own message (naming the option
+    or the file and the fix), not jsonargparse's traceback and dump of every parsed option."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "grn"
+    if not script.exists():
+        pytest.skip("grn console script not installed next to this interpreter")
+    config = Path(__file__).resolve().parents[1] / "configs/smoke/t2i.yaml"
+    if override == "missing_umt5.yaml":  # the real umT5 loading path, pointed at a folder that does not exist
+        extra = tmp_path / override
+        extra.write_text("model:\n  init_args:\n    text_encoder:\n      init_args:\n"
+                         "        path: /nowhere/umt5-xxl\n        random_init: null\n")  # fmt: skip
+        override = ["--config", str(extra)]
+    proc = subprocess.run([str(script), "fit", "--config", str(config), *override], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "GRN_DEBUG": ""})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert expected in proc.stderr and "Traceback" not in proc.stderr and "Namespace(" not in proc.stderr
