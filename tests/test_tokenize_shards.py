@@ -92,6 +92,17 @@ def test_tokenize_round_trip_flip_resume_and_datamodule(tmp_path, demo_image_sha
     assert batch["tokens"].shape == (5, 8, 1, RES // 16, RES // 16) and batch["tokens"].dtype == torch.int64
     assert int(batch["tokens"].max()) <= 15 and (batch["cls"] >= 0).all()
 
+    # The same token shards feed the text-to-image module (square size): tokens + the captions the shards carry.
+    from grn_lightning.generator.t2x import T2XModule
+    from grn_lightning.generator.text import UMT5TextEncoder
+
+    text = UMT5TextEncoder(random_init={"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4,
+                                        "vocab_size": 384}, dtype="float32")  # fmt: skip
+    t2i = T2XModule(size="tiny", channels=8, text_encoder=text, text_dim=32, token_budget=512, pad_multiple=16)
+    assert all(batch["caption"]) and len(batch["caption"]) == 5
+    packed = t2i.packed_batch(batch)
+    assert packed.loss_mask.sum() == 5 * (RES // 16) ** 2 and len(packed.sample_row) == 5
+
 
 def test_bad_arguments_fail_clearly(tmp_path, tokenizer_files):
     _, config, ckpt = tokenizer_files
