@@ -14,7 +14,7 @@ from grn_lightning.generator.rope3d import VISUAL_TIME
 from grn_lightning.generator.t2x import T2XModule
 from grn_lightning.generator.t2x_sampling import PromptConditions
 from grn_lightning.generator.text import UMT5TextEncoder
-from tests.test_c2i_module import real_images, tokenizer  # noqa: F401  (the tiny C = 16 tokenizer fixture)
+from tests.test_c2i_module import _Repeat, real_images, tokenizer  # noqa: F401  (tokenizer: the C = 16 fixture)
 
 CHANNELS, GRID = 16, 4
 TEXT = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4, "vocab_size": 384}
@@ -124,15 +124,6 @@ def test_option_errors_name_the_option(photo_batch):
         tiny_module(token_budget=64)._loss(photo_batch, None, False, torch.nn.Identity())
     with pytest.raises(ValueError, match="text_encoder"):
         tiny_module(text_encoder=None).packed_batch(photo_batch)
-
-
-class _Repeat(torch.utils.data.IterableDataset):
-    def __init__(self, batch: dict) -> None:
-        self.batch = batch
-
-    def __iter__(self):
-        while True:
-            yield self.batch
 
 
 def test_learns_real_photo_tokens_from_captions(tmp_path, tokenizer, photo_batch):
