@@ -117,11 +117,15 @@ class GeneratorModule(L.LightningModule):
     def _require_tokenizer(self, why: str) -> nn.Module:
         if self.tokenizer is None:
             raise ValueError(f"{why} needs model.tokenizer (an HBQ tokenizer; see the configs in configs/)")
-        tokenizer = self.tokenizer
-        first = next(tokenizer.parameters(), None)
+        return self._frozen_on_device(self.tokenizer)
+
+    def _frozen_on_device(self, helper: nn.Module) -> nn.Module:
+        """A frozen helper held outside the module tree (tokenizer, text encoder), moved to this module's device on
+        first use: Lightning's `.to()` never reaches it."""
+        first = next(helper.parameters(), None)
         if first is not None and first.device != self.device:
-            tokenizer.to(self.device)
-        return tokenizer
+            helper.to(self.device)
+        return helper
 
     def _autocast(self):
         """bf16 autocast for sampling when the trainer runs bf16 (callbacks call us outside Lightning's own

@@ -81,6 +81,10 @@ class T2XSample:
         return torch.cat(parts)
 
 
+class PackingOverflowError(ValueError):
+    """Every sample of a batch is longer than the packing cap (max_fraction · budget): nothing can be packed."""
+
+
 @dataclass
 class PackPlan:
     """rows: sample indices per packed row (arrival order); dropped: indices of samples over the length cap."""
@@ -261,7 +265,7 @@ def pack_samples(
         overflow = [i for row in plan.rows[max_rows:] for i in row]
         plan = PackPlan(plan.rows[:max_rows], sorted(plan.dropped + overflow))
     if not plan.rows:
-        raise ValueError(f"all {len(samples)} samples exceed {max_fraction:g} of the {budget}-token budget")
+        raise PackingOverflowError(f"all {len(samples)} samples exceed {max_fraction:g} of the {budget}-token budget")
     batch = pack_rows(
         [[samples[i] for i in row] for row in plan.rows],
         pad_to=budget if pad_to_budget else None,

@@ -24,7 +24,14 @@ from torch import nn
 from grn_lightning.generator import parallelize
 from grn_lightning.generator.frozen_tokenizer import freeze, load_frozen_tokenizer
 from grn_lightning.generator.generator_module import GeneratorModule
-from grn_lightning.generator.packing import RELEASE_MAX_FRACTION, RELEASE_TOKEN_BUDGET, T2XSample, pack_samples, packed_loss
+from grn_lightning.generator.packing import (
+    RELEASE_MAX_FRACTION,
+    RELEASE_TOKEN_BUDGET,
+    PackingOverflowError,
+    T2XSample,
+    pack_samples,
+    packed_loss,
+)
 from grn_lightning.generator.refinement import RatioDistribution, corrupt
 from grn_lightning.generator.sampling_options import build_sampler, merge_sampling
 from grn_lightning.generator.t2x_sampling import PromptConditions
@@ -156,10 +163,7 @@ class T2XModule(GeneratorModule):
     def _require_text_encoder(self) -> nn.Module:
         if self.text_encoder is None:
             raise ValueError("T2X training and sampling need model.text_encoder (see configs/t2i.yaml)")
-        first = next(self.text_encoder.parameters(), None)
-        if first is not None and first.device != self.device:
-            self.text_encoder.to(self.device)
-        return self.text_encoder
+        return self._frozen_on_device(self.text_encoder)
 
     @torch.no_grad()
     def index_labels(self, batch: dict) -> torch.Tensor:
@@ -214,9 +218,7 @@ class T2XModule(GeneratorModule):
     def _loss(self, batch: dict, generator: torch.Generator | None, dropout: bool, net: nn.Module):
         try:
             packed = self.packed_batch(batch, generator, dropout)
-        except ValueError as err:
-            if "exceed" not in str(err):
-                raise
+        except PackingOverflowError as err:
             raise ValueError(f"{err}: raise model.token_budget or lower the data resolution / frame count") from err
         logits = net(**packed.model_inputs())
         result = packed_loss(logits, packed.labels, packed.loss_mask, packed.segment_ids, len(packed.sample_row))
@@ -268,15 +270,14 @@ class T2XModule(GeneratorModule):
             raise ValueError(f"task={task!r} is not one of ('t2i', 't2v', 'i2v')")
         if (task == "i2v") != (first_frame_labels is not None):
             raise ValueError("I2V sampling needs first_frame_labels, and only I2V takes them")
-        options = merge_sampling(self.sampling, overrides)
-        sampler = build_sampler(options)
-        encoder = self._require_text_encoder()
-        texts = encoder.encode([*captions, self.hparams.negative_prompt], [task] * len(captions) + [task])
-        model = PromptConditions(self._sampling_model(), texts, grid, clean_first=first_frame_labels)
+        sampler = build_sampler(merge_sampling(self.sampling, overrides))
+        texts = self._require_text_encoder().encode([*captions, self.hparams.negative_prompt], task)
+        weights = self._sampling_model()
+        model = PromptConditions(weights, texts, grid, clean_first=first_frame_labels)
         seeds = list(range(len(captions))) if seeds is None else seeds
         ids = torch.arange(len(captions), device=self.device)
         with self._autocast():
-            return sampler.sample(model, ids, seeds, lockstep=self._lockstep(self._sampling_model()))
+            return sampler.sample(model, ids, seeds, lockstep=self._lockstep(weights))
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
