@@ -29,7 +29,7 @@ import torch
 
 
 def build(args):
-    from grn_lightning.generator.c2i import C2IModule
+    from grn_lightning.generator.c2i.module import C2IModule
     from grn_lightning.tokenizer.vae import HBQTokenizer
 
     tokenizer = HBQTokenizer(latent_channels=16, num_rounds=4, preset=args.tokenizer_preset)

@@ -84,7 +84,7 @@ class KernelProfile(L.Callback):
 
 def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warmup: int, ac: bool, device: str,
         profile: bool = False) -> dict:
-    from grn_lightning.generator.c2i import C2IModule
+    from grn_lightning.generator.c2i.module import C2IModule
 
     torch.set_float32_matmul_precision("high")
     module = C2IModule(

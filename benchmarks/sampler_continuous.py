@@ -22,9 +22,9 @@ import time
 import grn_lightning  # noqa: F401  (torchvision compatibility)
 import torch
 
-from grn_lightning.generator.adaptive import AdaptiveSteps
-from grn_lightning.generator.sampler import RefinementSampler
-from grn_lightning.generator.transformer import GRNC2ITransformer
+from grn_lightning.generator.sampling.adaptive import AdaptiveSteps
+from grn_lightning.generator.sampling.sampler import RefinementSampler
+from grn_lightning.generator.c2i.model import GRNC2ITransformer
 
 
 def build(args) -> torch.nn.Module:

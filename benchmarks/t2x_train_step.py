@@ -34,8 +34,8 @@ class CaptionedTokens(RepeatedTokens):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from grn_lightning.generator.t2x import T2XModule
-    from grn_lightning.generator.text import UMT5TextEncoder
+    from grn_lightning.generator.t2x.module import T2XModule
+    from grn_lightning.generator.t2x.text import UMT5TextEncoder
 
     torch.set_float32_matmul_precision("high")
     text = UMT5TextEncoder(random_init={"d_model": 4096, "d_kv": 64, "d_ff": 256, "num_layers": 1, "num_heads": 4,

@@ -203,3 +203,17 @@ class HBQ(nn.Module):
 
     def bit_labels_to_values(self, labels: torch.Tensor) -> torch.Tensor:
         return bit_labels_to_values(labels, self.num_rounds).to(torch.float32)
+
+
+# Label layouts of the generators (SPEC §1): GRN_ind predicts one of 2^M indices per latent channel, GRN_bit one
+# of 2 values per (round, channel) bit.
+VARIANTS = ("ind", "bit")
+
+
+def layout_dims(variant: str, channels: int, rounds: int) -> tuple[int, int]:
+    """(groups G, classes per group K) of a token: ind → (C, 2^M), bit → (M·C, 2) (SPEC §1)."""
+    if variant == "ind":
+        return channels, 2**rounds
+    if variant == "bit":
+        return rounds * channels, 2
+    raise ValueError(f"variant={variant!r} is not one of {VARIANTS}")

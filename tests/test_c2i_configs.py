@@ -44,7 +44,7 @@ def test_full_configs_print_and_match_the_paper(files, size, variant, cfg, tau, 
     assert exit_info.value.code == 0
     config = yaml.safe_load(capsys.readouterr().out)
     model = config["model"]["init_args"]
-    assert config["model"]["class_path"] == "grn_lightning.generator.c2i.C2IModule"
+    assert config["model"]["class_path"] == "grn_lightning.generator.c2i.module.C2IModule"
     assert (model["size"], model["variant"]) == (size, variant)
     sampling = model["sampling"]
     assert (sampling["cfg_scale"], sampling["temperature"], sampling["cfg_interval"]) == (cfg, tau, [low, 1.0])
@@ -64,7 +64,7 @@ def test_full_configs_print_and_match_the_paper(files, size, variant, cfg, tau, 
 
 @pytest.mark.parametrize("size", ["B", "L", "H", "G"])
 def test_full_sizes_build_on_meta_with_spec_counts(size):
-    from grn_lightning.generator.c2i import C2IModule
+    from grn_lightning.generator.c2i.module import C2IModule
 
     init = yaml.safe_load((CONFIGS / f"c2i_grn_{size.lower()}.yaml").read_text())["model"]["init_args"]
     init = {k: v for k, v in init.items() if k not in ("tokenizer", "tokenizer_ckpt")}

@@ -46,7 +46,7 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
     import grn_lightning  # noqa: F401
     import lightning as L
 
-    from grn_lightning.generator.c2i import C2IModule
+    from grn_lightning.generator.c2i.module import C2IModule
 
     class Snapshot(L.Callback):
         """Writes the full weights right after restore (train start) and at the end of training."""
@@ -72,9 +72,9 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
     data = [{"tokens": tokens[i : i + 4], "cls": torch.arange(4) % 3, "valid": torch.ones(4, dtype=torch.bool),
              "caption": ["a cat", "a dog", "", "a long caption about a bird"]} for i in range(0, 16, 4)]  # fmt: skip
     loader = torch.utils.data.DataLoader(data, batch_size=None)
-    if mode == "fsdp2_t2x":  # the T2I module shares the sharding, EMA and checkpoint code (generator_module.py)
-        from grn_lightning.generator.t2x import T2XModule
-        from grn_lightning.generator.text import UMT5TextEncoder
+    if mode == "fsdp2_t2x":  # the T2I module shares the sharding, EMA and checkpoint code (generator/module.py)
+        from grn_lightning.generator.t2x.module import T2XModule
+        from grn_lightning.generator.t2x.text import UMT5TextEncoder
 
         text = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4, "vocab_size": 384}
         module = T2XModule(
@@ -98,7 +98,7 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
         # GPU only: Lightning FSDPStrategy (FSDP1) with the wrap policy of configs/c2i_fsdp1.yaml.
         from lightning.pytorch.strategies import FSDPStrategy
 
-        from grn_lightning.generator.transformer import GRNBlock, GRNC2ITransformer
+        from grn_lightning.generator.c2i.model import GRNBlock, GRNC2ITransformer
 
         strategy = FSDPStrategy(
             auto_wrap_policy={GRNBlock, GRNC2ITransformer}, activation_checkpointing_policy={GRNBlock},
@@ -153,7 +153,7 @@ def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
     if mode == "fsdp2_full":
         # A consolidated FSDP2 checkpoint loads into a plain, unsharded module (evaluation / sampling tools).
         from grn_lightning.eval.loading import load_lightning_checkpoint
-        from grn_lightning.generator.c2i import C2IModule
+        from grn_lightning.generator.c2i.module import C2IModule
 
         plain = C2IModule(size="tiny", channels=4, num_classes=3, grid_size=4, in_context_tokens=4)
         load_lightning_checkpoint(plain, os.path.join(out, f"{mode}.ckpt"))
@@ -201,7 +201,7 @@ def test_gpu_bf16_compiled_training_step_learns(tmp_path):
     """bf16-mixed + per-block torch.compile + activation checkpointing on one GPU: the loss falls."""
     import lightning as L
 
-    from grn_lightning.generator.c2i import C2IModule
+    from grn_lightning.generator.c2i.module import C2IModule
 
     torch.manual_seed(0)
     tokens = torch.randint(0, 16, (8, 4, 1, 4, 4))

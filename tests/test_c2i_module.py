@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grn_lightning.generator.c2i import C2IModule
+from grn_lightning.generator.c2i.module import C2IModule
 from grn_lightning.tokenizer.vae import HBQTokenizer
 
 RES, GRID, CHANNELS, CLASSES = 64, 4, 16, 4
@@ -187,7 +187,8 @@ def test_tokenizer_checkpoint_prefers_ema(tmp_path, tokenizer):
 def test_predict_writes_pngs_grid_and_edits(tmp_path, tokenizer):
     from PIL import Image
 
-    from grn_lightning.generator.predict import C2IPredictRequests, C2ISampleWriter
+    from grn_lightning.generator.c2i.predict import C2IPredictRequests
+    from grn_lightning.generator.writers import SampleWriter
 
     src = tmp_path / "photo.png"
     Image.fromarray(((real_images()[1, :, 0].permute(1, 2, 0) + 1) * 127.5).byte().numpy()).save(src)
@@ -198,7 +199,7 @@ def test_predict_writes_pngs_grid_and_edits(tmp_path, tokenizer):
     )
     assert requests.region_mask().sum() == GRID * GRID // 2
     out = tmp_path / "samples"
-    writer = C2ISampleWriter(str(out))
+    writer = SampleWriter(str(out))
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer])
     trainer.predict(module, datamodule=requests, return_predictions=False)
     names = sorted(p.name for p in out.glob("*.png"))

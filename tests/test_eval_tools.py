@@ -89,7 +89,7 @@ def test_eval_imagenet_tokenizer_half_end_to_end(tmp_path, imagenet_like_val, to
     run_dir, ema_state = tokenizer_run
     eval_imagenet = _load_tool("eval_imagenet")
     # The C2I module "not available": the generator half must fail clearly, the tokenizer half still run.
-    monkeypatch.setitem(sys.modules, "grn_lightning.generator.c2i", None)
+    monkeypatch.setitem(sys.modules, "grn_lightning.generator.c2i.module", None)
     out = tmp_path / "out"
     status = eval_imagenet.main([
         "--ckpt", str(run_dir / "last.ckpt"), "--config", str(run_dir / "tokenizer.yaml"),
@@ -99,7 +99,7 @@ def test_eval_imagenet_tokenizer_half_end_to_end(tmp_path, imagenet_like_val, to
     ])  # fmt: skip
     assert status == 1  # one half failed
     results = json.loads((out / "metrics.json").read_text())
-    assert "grn_lightning.generator.c2i.C2IModule" in results["generator"]["error"]
+    assert "grn_lightning.generator.c2i.module.C2IModule" in results["generator"]["error"]
     metrics = results["tokenizer"]["metrics"]
     assert set(metrics) == {"psnr", "ssim", "lpips", "lpips_vgg", "rfid"}
     assert metrics["psnr"] == pytest.approx(_expected_psnr(imagenet_like_val, ema_state), rel=1e-5)  # EMA weights
@@ -120,7 +120,7 @@ def c2i_run(tmp_path_factory):
     from grn_lightning.eval.loading import instantiate_from_spec
 
     root = tmp_path_factory.mktemp("c2i")
-    model = {"class_path": "grn_lightning.generator.c2i.C2IModule", "init_args": {
+    model = {"class_path": "grn_lightning.generator.c2i.module.C2IModule", "init_args": {
         "size": "tiny", "variant": "ind", "channels": 4, "rounds": 2, "num_classes": 8, "grid_size": 2,
         "in_context_tokens": 2, "ema_decay": 0.9, "sampling": {"steps": 3, "schedule": "linear"},
         "tokenizer": {"class_path": "grn_lightning.tokenizer.vae.HBQTokenizer",

@@ -28,7 +28,7 @@ import lightning as L
 import pytest
 import torch
 
-from grn_lightning.generator.c2i import C2IModule
+from grn_lightning.generator.c2i.module import C2IModule
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3  # optimiser steps before the checkpoint (and again after the resume)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from grn_lightning.generator.layers import rotary_cos_sin
-from grn_lightning.generator.packing import T2XSample, greedy_pack, pack_rows, pack_samples, packed_loss
-from grn_lightning.generator.rope3d import (
+from grn_lightning.generator.t2x.packing import T2XSample, greedy_pack, pack_rows, pack_samples, packed_loss
+from grn_lightning.generator.t2x.rope3d import (
     apply_rope_interleaved,
     canvas_spans,
     ratio_position,

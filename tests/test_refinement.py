@@ -17,7 +17,7 @@ from grn_lightning.generator.refinement import (
     ratio_bin_accuracy,
     refinement_loss,
 )
-from grn_lightning.generator.transformer import GRNC2ITransformer
+from grn_lightning.generator.c2i.model import GRNC2ITransformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from grn_lightning.generator.adaptive import AdaptiveSteps, normalised_entropy
+from grn_lightning.generator.sampling.adaptive import AdaptiveSteps, normalised_entropy
 from grn_lightning.generator.refinement import keep_fractions
-from grn_lightning.generator.sampler import RefinementSampler, guided_logits, sample_categorical
-from grn_lightning.generator.transformer import GRNC2ITransformer
+from grn_lightning.generator.sampling.sampler import RefinementSampler, guided_logits, sample_categorical
+from grn_lightning.generator.c2i.model import GRNC2ITransformer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -18,7 +18,7 @@ def _free_port() -> int:
 
 
 def _build():
-    from grn_lightning.generator.transformer import GRNC2ITransformer
+    from grn_lightning.generator.c2i.model import GRNC2ITransformer
 
     model = GRNC2ITransformer(size="tiny", variant="ind", channels=4, rounds=2, num_classes=10, grid_size=(3, 4), in_context_tokens=2)
     gen = torch.Generator().manual_seed(0)
@@ -33,9 +33,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    from grn_lightning.generator.adaptive import AdaptiveSteps
-    from grn_lightning.generator.lockstep import distributed_lockstep
-    from grn_lightning.generator.sampler import RefinementSampler
+    from grn_lightning.generator.sampling.adaptive import AdaptiveSteps
+    from grn_lightning.generator.sampling.lockstep import distributed_lockstep
+    from grn_lightning.generator.sampling.sampler import RefinementSampler
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -72,7 +72,7 @@ def test_adaptive_sampling_with_fsdp2_stays_in_lockstep(tmp_path):
 
 
 def test_no_lockstep_outside_distributed():
-    from grn_lightning.generator.lockstep import distributed_lockstep
+    from grn_lightning.generator.sampling.lockstep import distributed_lockstep
 
     assert distributed_lockstep("cpu") is None
 
@@ -84,7 +84,7 @@ def _module_worker(rank: int, port: int, out_dir: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     from grn_lightning.generator import parallelize
-    from grn_lightning.generator.c2i import C2IModule
+    from grn_lightning.generator.c2i.module import C2IModule
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

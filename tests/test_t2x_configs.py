@@ -37,7 +37,7 @@ def test_every_t2x_config_is_covered():
 
 def test_t2i_config_is_the_release_recipe(capsys):
     config = _print_config(["t2i.yaml"], capsys)
-    assert config["model"]["class_path"] == "grn_lightning.generator.t2x.T2XModule"
+    assert config["model"]["class_path"] == "grn_lightning.generator.t2x.module.T2XModule"
     model = config["model"]["init_args"]
     assert (model["size"], model["variant"], model["channels"], model["rounds"]) == ("GRN2b", "bit", 64, 4)
     assert model["text_encoder"]["class_path"].endswith("UMT5TextEncoder") and model["text_dim"] == 4096
@@ -65,7 +65,7 @@ def test_t2v_config_composes_over_t2i(capsys):
 
 @pytest.mark.parametrize("size", sorted(RELEASED))
 def test_released_sizes_build_on_meta_with_exact_counts(size):
-    from grn_lightning.generator.t2x import T2XModule
+    from grn_lightning.generator.t2x.module import T2XModule
 
     init = yaml.safe_load((CONFIGS / "t2i.yaml").read_text())["model"]["init_args"]
     init = {k: v for k, v in init.items() if k not in ("tokenizer", "tokenizer_ckpt", "text_encoder")}

@@ -9,11 +9,11 @@ import lightning as L
 import pytest
 import torch
 
-from grn_lightning.generator.adaptive import AdaptiveSteps
-from grn_lightning.generator.rope3d import VISUAL_TIME
-from grn_lightning.generator.t2x import T2XModule
-from grn_lightning.generator.t2x_sampling import PromptConditions
-from grn_lightning.generator.text import UMT5TextEncoder
+from grn_lightning.generator.sampling.adaptive import AdaptiveSteps
+from grn_lightning.generator.t2x.rope3d import VISUAL_TIME
+from grn_lightning.generator.t2x.module import T2XModule
+from grn_lightning.generator.t2x.conditions import PromptConditions
+from grn_lightning.generator.t2x.text import UMT5TextEncoder
 from tests.test_c2i_module import _Repeat, real_images, tokenizer  # noqa: F401  (tokenizer: the C = 16 fixture)
 
 CHANNELS, GRID = 16, 4

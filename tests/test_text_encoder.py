@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import grn_lightning  # noqa: F401  (torchvision compatibility before transformers)
-from grn_lightning.generator.text import TASK_TAGS, UMT5TextEncoder, tag_caption
+from grn_lightning.generator.t2x.text import TASK_TAGS, UMT5TextEncoder, tag_caption
 from grn_lightning.weights import MissingWeightsError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -36,7 +36,7 @@ def tokenizer_files(tmp_path):
     torch.save(tokenizer.state_dict(), ckpt)
     config = tmp_path / "tok.yaml"
     # The `model.tokenizer` block of a C2I config is accepted as is.
-    config.write_text(yaml.safe_dump({"model": {"class_path": "grn_lightning.generator.c2i.C2IModule", "init_args": {
+    config.write_text(yaml.safe_dump({"model": {"class_path": "grn_lightning.generator.c2i.module.C2IModule", "init_args": {
         "tokenizer": {"class_path": "grn_lightning.tokenizer.vae.HBQTokenizer",
                       "init_args": {"latent_channels": 8, "num_rounds": 4, "preset": "tiny"}}}}}))  # fmt: skip
     return tokenizer, str(config), str(ckpt)
@@ -93,8 +93,8 @@ def test_tokenize_round_trip_flip_resume_and_datamodule(tmp_path, demo_image_sha
     assert int(batch["tokens"].max()) <= 15 and (batch["cls"] >= 0).all()
 
     # The same token shards feed the text-to-image module (square size): tokens + the captions the shards carry.
-    from grn_lightning.generator.t2x import T2XModule
-    from grn_lightning.generator.text import UMT5TextEncoder
+    from grn_lightning.generator.t2x.module import T2XModule
+    from grn_lightning.generator.t2x.text import UMT5TextEncoder
 
     text = UMT5TextEncoder(random_init={"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4,
                                         "vocab_size": 384}, dtype="float32")  # fmt: skip

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from grn_lightning.generator.layers import apply_rope, rope_2d_angles, rotary_cos_sin, swiglu_hidden
-from grn_lightning.generator.transformer import GRN_C2I, GRNC2ITransformer, layout_dims
+from grn_lightning.generator.c2i.model import GRN_C2I, GRNC2ITransformer
+from grn_lightning.hbq import layout_dims
 
 SPEC_PARAMS = {"B": 130e6, "L": 458e6, "H": 952e6, "G": 2e9}
 SPEC_SHAPES = {"B": (12, 768, 12), "L": (24, 1024, 16), "H": (32, 1280, 16), "G": (40, 1664, 16)}

@@ -58,10 +58,10 @@ def _file_info(path: str | None) -> dict | None:
 
 def run_generator(args, rank: int, world: int, device: torch.device) -> dict:
     try:
-        from grn_lightning.generator.c2i import C2IModule
+        from grn_lightning.generator.c2i.module import C2IModule
     except ImportError as err:
         raise HalfUnavailable(
-            f"generator half unavailable: cannot import grn_lightning.generator.c2i.C2IModule ({err}). "
+            f"generator half unavailable: cannot import grn_lightning.generator.c2i.module.C2IModule ({err}). "
             "The tokenizer half does not need it and still runs."
         ) from err
     import lightning.pytorch as pl

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from grn_lightning import hbq
-from grn_lightning.generator.transformer import VARIANTS, layout_dims
+from grn_lightning.hbq import VARIANTS, layout_dims
 
 
 class TokenLayout:

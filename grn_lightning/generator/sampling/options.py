@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from grn_lightning.generator.adaptive import AdaptiveSteps
+from grn_lightning.generator.sampling.adaptive import AdaptiveSteps
 
 
 def merge_sampling(defaults: Mapping | None, overrides: Mapping | None = None) -> dict:
@@ -25,7 +25,7 @@ def build_sampler(options: Mapping):
     """`RefinementSampler(**options)` with `adaptive` turned into `AdaptiveSteps` when given as a dict.
 
     Unknown keys fail here with the sampler's own message (construction-time validation of configs)."""
-    from grn_lightning.generator.sampler import RefinementSampler
+    from grn_lightning.generator.sampling.sampler import RefinementSampler
 
     kwargs = dict(options)
     adaptive = kwargs.get("adaptive")

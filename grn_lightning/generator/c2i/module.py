@@ -7,7 +7,7 @@
     sample_images: RefinementSampler on the EMA weights → labels → tokenizer.detokenize → images in [-1, 1]
 
 EMA tracks, parallelism (AC → compile → FSDP2), the optimiser and FSDP1 clipping come from `GeneratorModule`
-(generator_module.py), shared with the T2I/T2V module. The tokenizer is NOT a submodule (frozen; outside
+(generator/module.py), shared with the T2I/T2V module. The tokenizer is NOT a submodule (frozen; outside
 optimisers, checkpoints and FSDP units; see frozen_tokenizer.py).
 """
 
@@ -20,11 +20,12 @@ from torch import nn
 
 from grn_lightning.generator import parallelize
 from grn_lightning.generator.frozen_tokenizer import load_frozen_tokenizer
-from grn_lightning.generator.generator_module import GeneratorModule
+from grn_lightning.generator.module import GeneratorModule
 from grn_lightning.generator.refinement import RatioDistribution, corrupt, ratio_bin_accuracy, refinement_loss
-from grn_lightning.generator.sampling_options import build_sampler, merge_sampling
+from grn_lightning.generator.sampling.options import build_sampler, merge_sampling
 from grn_lightning.generator.token_layout import TokenLayout
-from grn_lightning.generator.transformer import GRN_C2I, VARIANTS, GRNC2ITransformer
+from grn_lightning.generator.c2i.model import GRN_C2I, GRNC2ITransformer
+from grn_lightning.hbq import VARIANTS
 from grn_lightning.training.optim import scaled_lr
 
 SAMPLE_WEIGHTS = ("ema", "ema2", "raw")
@@ -275,7 +276,7 @@ class C2IModule(GeneratorModule):
 
     @staticmethod
     def seeds_from(generator: torch.Generator | None, count: int) -> torch.Tensor:
-        """Per-sample int64 seeds drawn from `generator` (per-sample randomness, SPEC §6 / sampler.py)."""
+        """Per-sample int64 seeds drawn from `generator` (per-sample randomness, SPEC §6 / sampling/sampler.py)."""
         return torch.randint(0, 2**62, (count,), generator=generator, device=generator.device if generator else "cpu")
 
     @torch.no_grad()
@@ -317,7 +318,7 @@ class C2IModule(GeneratorModule):
         return self.decode(result.labels)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """Requests from `C2IPredictRequests` (predict.py): class samples or region edits; `C2ISampleWriter`
+        """Requests from `C2IPredictRequests` (predict.py): class samples or region edits; `SampleWriter` (generator/writers.py)
         writes the returned images as PNGs and a grid."""
         generator = torch.Generator(device=self.device).manual_seed(int(batch["seed"]))
         overrides = dict(batch.get("sampling") or {})

@@ -12,7 +12,7 @@ there once per step): greedy next-fit into rows of `token_budget` tokens, sample
 dropped and counted (`train/dropped_samples`).
 
 Sampling (`sample_labels` / `sample_media`) reuses the refinement sampler through `PromptConditions`
-(t2x_sampling.py): cosine schedule, CFG always on (interval [0, 1]) against the empty caption or a negative prompt,
+(t2x/conditions.py): cosine schedule, CFG always on (interval [0, 1]) against the empty caption or a negative prompt,
 temperature and, optionally, entropy-guided step counts with continuous batching.
 """
 
@@ -23,8 +23,8 @@ from torch import nn
 
 from grn_lightning.generator import parallelize
 from grn_lightning.generator.frozen_tokenizer import freeze, load_frozen_tokenizer
-from grn_lightning.generator.generator_module import GeneratorModule
-from grn_lightning.generator.packing import (
+from grn_lightning.generator.module import GeneratorModule
+from grn_lightning.generator.t2x.packing import (
     RELEASE_MAX_FRACTION,
     RELEASE_TOKEN_BUDGET,
     PackingOverflowError,
@@ -33,11 +33,11 @@ from grn_lightning.generator.packing import (
     packed_loss,
 )
 from grn_lightning.generator.refinement import RatioDistribution, corrupt
-from grn_lightning.generator.sampling_options import build_sampler, merge_sampling
-from grn_lightning.generator.t2x_sampling import PromptConditions
-from grn_lightning.generator.t2x_transformer import ATTENTION_BACKENDS, GRN_T2X, GRNT2XTransformer
+from grn_lightning.generator.sampling.options import build_sampler, merge_sampling
+from grn_lightning.generator.t2x.conditions import PromptConditions
+from grn_lightning.generator.t2x.model import ATTENTION_BACKENDS, GRN_T2X, GRNT2XTransformer
 from grn_lightning.generator.token_layout import TokenLayout
-from grn_lightning.generator.transformer import VARIANTS
+from grn_lightning.hbq import VARIANTS
 
 TRAIN_TASKS = ("auto", "t2i", "t2v", "i2v")
 SAMPLE_WEIGHTS = ("ema", "raw")
@@ -60,7 +60,7 @@ class T2XModule(GeneratorModule):
             I2V first frames and decoding samples.
         tokenizer_ckpt: weights for `tokenizer` (None keeps its own weights, e.g. random-initialised in tests).
         text_encoder: frozen text encoder with `width` and `encode(captions, tasks) -> list[[L_i, width]]`
-            (`grn_lightning.generator.text.UMT5TextEncoder`).
+            (`grn_lightning.generator.t2x.text.UMT5TextEncoder`).
         text_dim: width of the text states the transformer projects (umT5-XXL: 4096); must equal the encoder's.
         task: "auto" (images → T2I, videos → T2V or I2V), or force "t2i" / "t2v" / "i2v".
         i2v_probability: with task "auto", the share of video samples trained as I2V (clean first latent frame).
@@ -311,8 +311,8 @@ class T2XModule(GeneratorModule):
         return self.decode(labels.reshape(len(captions), -1, labels.shape[-1]), grid)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """Requests from `T2XPromptRequests` (t2x_predict.py): samples for captions (I2V with `first_frame`);
-        `T2XSampleWriter` writes the returned media as PNGs / MP4s and a grid."""
+        """Requests from `T2XPromptRequests` (t2x/predict.py): samples for captions (I2V with `first_frame`);
+        `SampleWriter` (generator/writers.py) writes the returned media as PNGs / MP4s and a grid."""
         media = self.sample_media(
             batch["captions"], batch["height"], batch["width"], batch["frames"], first_frame=batch.get("first_frame"),
             seeds=batch["seeds"], **dict(batch.get("sampling") or {}),

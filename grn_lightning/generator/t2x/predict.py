@@ -1,4 +1,5 @@
-"""`grn predict` for T2I / T2V / I2V: prompt requests (a data module) and a PNG / MP4 writer (a callback).
+"""`grn predict` for T2I / T2V / I2V: prompt requests (a data module) written as PNGs / MP4s by the shared
+`SampleWriter` (generator/writers.py).
 
     grn predict --config configs/t2i.yaml --config configs/t2x_predict.yaml --ckpt_path run/last.ckpt \
         --data.prompts "[a red fox in the snow, a bowl of ramen]" --data.samples_per_prompt 4
@@ -14,8 +15,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-
-from grn_lightning.generator.predict import C2ISampleWriter
 
 
 def _identity(batch):
@@ -96,40 +95,3 @@ class T2XPromptRequests(L.LightningDataModule):
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(self.requests(), batch_size=None, collate_fn=_identity)
-
-
-class T2XSampleWriter(C2ISampleWriter):
-    """Writes every sample as `output_dir/<name>.png` (a clip's first frame) and, for clips, `<name>.mp4`; the first
-    `grid_size` samples also go into `output_dir/grid.png`.
-
-    Args:
-        output_dir: directory for the files (created).
-        grid_size: samples in the grid (0: no grid).
-        fps: frame rate of the MP4s (the clips' training rate, 16).
-    """
-
-    def __init__(self, output_dir: str = "samples", grid_size: int = 16, fps: int = 16) -> None:
-        super().__init__(output_dir, grid_size)
-        self.fps = fps
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        media = prediction["media"]
-        first_frames = {"images": media[:, :, 0], "names": prediction["names"]}
-        super().write_on_batch_end(trainer, pl_module, first_frames, batch_indices, batch, batch_idx, dataloader_idx)
-        if media.shape[2] > 1:
-            for clip, name in zip(media, prediction["names"]):
-                write_mp4(self.output_dir / f"{name}.mp4", clip, self.fps)
-
-
-def write_mp4(path: Path, clip: torch.Tensor, fps: int) -> None:
-    """clip [3, T, H, W] in [-1, 1] → an MP4 (H.264 where the installed FFmpeg has an encoder, else MPEG-4 part 2)."""
-    import av
-
-    frames = C2ISampleWriter.to_uint8(clip.permute(1, 0, 2, 3)).numpy()  # [T, H, W, 3]
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for array in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        container.mux(stream.encode())  # flush the encoder

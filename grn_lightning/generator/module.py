@@ -1,4 +1,5 @@
-"""`GeneratorModule`: what every GRN generator LightningModule shares (C2I in c2i.py, T2I/T2V/I2V in t2x.py).
+"""`GeneratorModule`: what every GRN generator LightningModule shares (C2I in c2i/module.py, T2I/T2V/I2V in
+t2x/module.py).
 
 - EMA tracks: frozen copies of the transformer registered as submodules (`ema`, optional `ema2`). They are sharded
   exactly like the trained model under FSDP2 (so the update is a local foreach lerp on matching shards), saved in
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from grn_lightning.generator import parallelize
-from grn_lightning.generator.lockstep import distributed_lockstep
+from grn_lightning.generator.sampling.lockstep import distributed_lockstep
 from grn_lightning.training.optim import decay_param_groups, warmup_constant_scheduler
 
 
@@ -138,7 +139,7 @@ class GeneratorModule(L.LightningModule):
     def _lockstep(self, model: nn.Module):
         """Sharded sampling on several ranks: every FSDP2 / FSDP1 forward is a collective, but entropy-guided step counts
         (and request counts) differ per rank, so a finished rank keeps making dummy forwards until all are done
-        (lockstep.py). None when the model is not sharded or the run is not distributed."""
+        (sampling/lockstep.py). None when the model is not sharded or the run is not distributed."""
         if not (parallelize.is_sharded(model) or parallelize.is_fsdp1_wrapped(model)):
             return None
         backend = torch.distributed.get_backend() if _world_size() > 1 else "gloo"

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from grn_lightning.generator.packing import PackedBatch, T2XSample, pack_rows
+from grn_lightning.generator.t2x.packing import PackedBatch, T2XSample, pack_rows
 
 LAYOUT_CACHE = 16  # packed layouts kept per PromptConditions (one per distinct set of in-flight conditions)
 

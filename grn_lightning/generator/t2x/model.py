@@ -15,7 +15,7 @@ G = C channels × K = 2^M. One-hot features are group-major (index g·K + k) and
 the release's order. Module names follow the released checkpoints (`word_embed`, `text_proj`, `pt_embedder.mlp`,
 `head.{norm,proj}`, blocks `attn.{q,k,v,o}_proj`, `attn.{q,k}_norm`, `mlp.{gate,up,down}_proj`,
 `input_layernorm`, `post_attention_layernorm`) except that blocks are one flat `blocks` list (the release nests
-them as `block_chunks.{i // n}.module.{i % n}`; `convert_t2x.py` maps between the two).
+them as `block_chunks.{i // n}.module.{i % n}`; `t2x/convert.py` maps between the two).
 
 Parameter counts equal the released manifests (tests/test_t2x_transformer.py, meta device): GRN0b 18,227,200,
 GRN2b 2,197,832,448, GRN8b 7,890,859,520.
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from grn_lightning.generator.layers import RMSNorm, Rope, rotary_cos_sin, sinusoidal_embedding
-from grn_lightning.generator.rope3d import apply_rope_interleaved, rope3d_angles
-from grn_lightning.generator.transformer import VARIANTS, layout_dims
+from grn_lightning.generator.t2x.rope3d import apply_rope_interleaved, rope3d_angles
+from grn_lightning.hbq import VARIANTS, layout_dims
 
 ATTENTION_BACKENDS = ("sdpa", "flex")
 

@@ -1,4 +1,5 @@
-"""`grn predict` for C2I: sampling / region-edit requests (a data module) and a PNG + grid writer (a callback).
+"""`grn predict` for C2I: sampling / region-edit requests (a data module) written by the shared `SampleWriter`
+(generator/writers.py).
 
     grn predict --config configs/c2i_grn_b.yaml --config configs/c2i_predict.yaml --ckpt_path run/last.ckpt \
         --data.class_ids "[207, 360, 387]" --data.samples_per_class 8
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 def _identity(batch):
@@ -117,47 +117,3 @@ class C2IPredictRequests(L.LightningDataModule):
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(self.requests(), batch_size=None, collate_fn=_identity)
-
-
-class C2ISampleWriter(BasePredictionWriter):
-    """Writes every predicted image as `output_dir/<name>.png` and the first `grid_size` as `output_dir/grid.png`.
-
-    Args:
-        output_dir: directory for the PNGs (created).
-        grid_size: images in the grid (0: no grid).
-    """
-
-    def __init__(self, output_dir: str = "samples", grid_size: int = 64) -> None:
-        super().__init__(write_interval="batch")
-        if grid_size < 0:
-            raise ValueError(f"grid_size must be >= 0, got {grid_size}")
-        self.output_dir, self.grid_size = Path(output_dir), grid_size
-        self._grid: list[torch.Tensor] = []
-
-    @staticmethod
-    def to_uint8(images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [-1, 1] → uint8 [B, H, W, 3]."""
-        return torch.round((images.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1).cpu()
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        from PIL import Image
-
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        images = prediction["images"]
-        for array, name in zip(self.to_uint8(images).numpy(), prediction["names"]):
-            Image.fromarray(array).save(self.output_dir / f"{name}.png")
-        room = self.grid_size - sum(len(g) for g in self._grid)
-        if room > 0:
-            self._grid.append(images[:room].float().cpu())
-
-    def on_predict_epoch_end(self, trainer, pl_module) -> None:
-        if not self._grid or not trainer.is_global_zero:
-            return
-        from PIL import Image
-        from torchvision.utils import make_grid
-
-        images = torch.cat(self._grid)
-        grid = make_grid((images.clamp(-1, 1) + 1) / 2, nrow=max(1, int(len(images) ** 0.5)))
-        array = torch.round(grid * 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        Image.fromarray(array).save(self.output_dir / "grid.png")
-        self._grid = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from grn_lightning.generator.adaptive import AdaptiveSteps, normalised_entropy
+from grn_lightning.generator.sampling.adaptive import AdaptiveSteps, normalised_entropy
 from grn_lightning.generator.refinement import keep_fractions
 
 SELECTIONS = ("random", "confidence")

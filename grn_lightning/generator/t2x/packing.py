@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
-from grn_lightning.generator.rope3d import TEXT_MAX_LEN, ratio_position, text_positions, visual_positions
+from grn_lightning.generator.t2x.rope3d import TEXT_MAX_LEN, ratio_position, text_positions, visual_positions
 
 RELEASE_TOKEN_BUDGET = 40960  # tokens per GPU in the release's packing
 RELEASE_MAX_FRACTION = 0.4  # samples longer than this share of the budget are dropped

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grn_lightning.hbq import VARIANTS, layout_dims
 from grn_lightning.generator.layers import (
     Attention,
     RMSNorm,
@@ -36,9 +37,6 @@ from grn_lightning.generator.layers import (
     sinusoidal_embedding,
     swiglu_hidden,
 )
-
-VARIANTS = ("ind", "bit")
-
 
 @dataclass(frozen=True)
 class C2ISize:
@@ -56,15 +54,6 @@ GRN_C2I: dict[str, C2ISize] = {
     "H": C2ISize(depth=32, width=1280, heads=16),
     "G": C2ISize(depth=40, width=1664, heads=16),
 }
-
-
-def layout_dims(variant: str, channels: int, rounds: int) -> tuple[int, int]:
-    """(groups G, classes per group K) of a token: ind → (C, 2^M), bit → (M·C, 2) (SPEC §1)."""
-    if variant == "ind":
-        return channels, 2**rounds
-    if variant == "bit":
-        return rounds * channels, 2
-    raise ValueError(f"variant={variant!r} is not one of {VARIANTS}")
 
 
 class RatioEmbedding(nn.Module):
