@@ -118,7 +118,9 @@ def test_cache_hits_skip_the_encoder_and_return_equal_copies():
     # LRU of size 2 holding (a dog, a cow): a hit on "a dog" makes "a cow" the oldest, so adding "" evicts
     # "a cow" (a FIFO would evict "a dog").
     enc.encode(["a dog"])
-    torch.testing.assert_close(enc.encode([""])[0], first[0], atol=0, rtol=0)
+    # Re-encoded alone, not padded in a batch of two: equal up to float rounding (the matmul shapes differ; bit
+    # equality across batch shapes is not promised by the CPU kernels). The forward count below proves the eviction.
+    torch.testing.assert_close(enc.encode([""])[0], first[0], atol=1e-5, rtol=1e-4)
     assert calls == [2, 1, 1]
     enc.encode(["a dog"])
     assert calls == [2, 1, 1]
