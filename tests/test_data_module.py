@@ -15,6 +15,7 @@ import pytest
 import torch
 import webdataset as wds
 
+from grn_lightning.data.buckets import ASPECT_RATIOS, bucket_for_ratio
 from grn_lightning.data.datamodule import GRNDataModule
 from grn_lightning.data.splits import ReaderSlot, assign_shards, expand_shards
 from grn_lightning.data.streams import EvalStream, TrainStream, count_records
@@ -139,7 +140,13 @@ def test_mixed_batches_and_aspect_buckets(demo_image_shards, demo_video_shards, 
                             num_workers=0, shuffle_buffer=16)
     buckets.setup("fit")
     iterator = iter(buckets.train_dataloader())
-    shapes = {tuple(next(iterator)["pixels"].shape[-2:]) for _ in range(12)}
+    seen = [next(iterator) for _ in range(12)]
+    shapes = {tuple(b["pixels"].shape[-2:]) for b in seen}
+    # every sample carries its bucket's template ratio (the T2X RoPE canvas, SPEC §5), not the grid's rounded one
+    for b in seen:
+        (h, w), ratios = b["pixels"].shape[-2:], b["aspect_ratio"]
+        assert len(set(ratios)) == 1 and bucket_for_ratio(ratios[0], "0.06M").height == h
+        assert bucket_for_ratio(ratios[0], "0.06M").width == w and ratios[0] in ASPECT_RATIOS
     assert len(shapes) > 1 and all(h % 16 == 0 and w % 16 == 0 for h, w in shapes)
     assert all(abs(h * w - 256 * 256) / (256 * 256) < 0.15 for h, w in shapes)
 
@@ -158,6 +165,7 @@ def test_token_shards_round_trip(tmp_path):
     got = torch.cat([b["tokens"] for b in batches])
     assert torch.equal(got, torch.from_numpy(np.stack(labels)))
     assert torch.cat([b["cls"] for b in batches]).tolist() == [0, 1, 2, 0, 1, 2]
+    assert [r for b in batches for r in b["aspect_ratio"]] == [1.0] * 6  # square grids without a stored ratio
     train = next(iter(dm.train_dataloader()))
     assert train["tokens"].shape == (3, 4, 1, 2, 2) and train["tokens"].dtype == torch.int64
 

@@ -250,3 +250,25 @@ def test_gpu_flex_compiled_blocks_bf16_training_learns(tmp_path):
     assert after < 0.5 * math.log(2), after
     result = module.sample_labels(CAPTIONS[:2], (1, GRID, GRID))
     assert result.labels.shape == (2, GRID * GRID, module.model.groups)
+
+
+@pytest.mark.parametrize("carried", [True, False])
+def test_tall_and_wide_buckets_train_with_their_template_ratio(carried):
+    """3:1 and 1:3 at 0.06M (latent 28×9 and 9×28, grid ratios 3.11 and 0.32 outside the canvas) used to raise in
+    training_step. Their positions come from the template ratio, carried by the batch or snapped from the grid."""
+    from grn_lightning.data.buckets import bucket_for_ratio
+
+    module = tiny_module(token_budget=1024, max_fraction=1.0)
+    for ratio in (3.0, 1 / 3):
+        bucket = bucket_for_ratio(ratio, "0.06M")
+        h, w = bucket.latent_height, bucket.latent_width
+        tokens = torch.randint(0, 16, (2, CHANNELS, 1, h, w), generator=torch.Generator().manual_seed(0))
+        batch = {"tokens": tokens, "caption": ["tall", "wide"], "valid": torch.ones(2, dtype=torch.bool)}
+        if carried:
+            batch["aspect_ratio"] = [ratio, ratio]
+        packed = module.packed_batch(batch, torch.Generator().manual_seed(0), dropout=False)
+        rows = packed.positions[0, : h * w, 1].view(h, w)[:, 0]
+        cols = packed.positions[0, : h * w, 2].view(h, w)[0]
+        span_h, span_w = (225, 75) if ratio == 3.0 else (75, 225)  # SPEC §5: canvas 225·75 at ratio 3
+        assert rows.max() == round((h - 1) * span_h / h) and cols.max() == round((w - 1) * span_w / w)
+        assert torch.isfinite(module.training_step(batch, 0))

@@ -21,6 +21,9 @@ SPATIAL_STRIDE = 16
 
 @dataclass(frozen=True)
 class Bucket:
+    """ratio: the template h / w (one of ASPECT_RATIOS; the 3D RoPE canvas uses it, never latent_height /
+    latent_width, SPEC §5); latent_height x latent_width: the grid under the budget."""
+
     ratio: float
     latent_height: int
     latent_width: int
@@ -43,14 +46,18 @@ def bucket_for_ratio(ratio: float, budget: str) -> Bucket:
     return Bucket(ratio=ratio, latent_height=round(width * ratio), latent_width=round(width))
 
 
-def nearest_bucket(height: int, width: int, budget: str) -> Bucket:
-    """Bucket whose ratio is nearest to height / width, measured in log space so that 2:1 and 1:2 are
-    equally far from 1:1."""
+def nearest_aspect_ratio(height: float, width: float) -> float:
+    """The template ratio of ASPECT_RATIOS nearest to height / width, measured in log space so that 2:1 and 1:2 are
+    equally far from 1:1. Media more extreme than 3:1 or 1:3 land in the 3:1 / 1:3 bucket (SPEC §8)."""
     if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height}x{width}")
+        raise ValueError(f"size must be positive, got {height}x{width}")
     log_ratio = math.log(height / width)
-    ratio = min(ASPECT_RATIOS, key=lambda r: abs(math.log(r) - log_ratio))
-    return bucket_for_ratio(ratio, budget)
+    return min(ASPECT_RATIOS, key=lambda r: abs(math.log(r) - log_ratio))
+
+
+def nearest_bucket(height: int, width: int, budget: str) -> Bucket:
+    """Bucket of the template ratio nearest to height / width (`nearest_aspect_ratio`)."""
+    return bucket_for_ratio(nearest_aspect_ratio(height, width), budget)
 
 
 def all_buckets(budget: str) -> list[Bucket]:

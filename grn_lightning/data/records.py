@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from grn_lightning.data.buckets import nearest_bucket
+from grn_lightning.data.buckets import nearest_aspect_ratio, nearest_bucket
 from grn_lightning.data.media import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -65,7 +65,7 @@ class SampleSpec:
         else:
             frames = 1 if self.kind == "image" else self.clip.num_frames
             body = {"pixels": torch.zeros(3, frames, self.resolution, self.resolution, dtype=torch.uint8)}
-        return {**body, "cls": -1, "caption": "", "key": "", "valid": False}
+        return {**body, "cls": -1, "caption": "", "key": "", "valid": False, "aspect_ratio": 1.0}
 
 
 def _field(record: dict, extensions: tuple[str, ...]) -> bytes | None:
@@ -104,19 +104,25 @@ def decode_record(record: dict, spec: SampleSpec, rng: random.Random | None) -> 
         meta = json.loads(record["tokens.json"])
         packed_field = "tokens_flip.npy" if flip and "tokens_flip.npy" in record else "tokens.npy"
         packed = np.load(io.BytesIO(record[packed_field]), allow_pickle=False)
-        body = {"tokens": torch.from_numpy(decode_token_record(packed, meta))}
+        tokens = torch.from_numpy(decode_token_record(packed, meta))
+        # the bucket's template ratio h/w (3D RoPE canvas, SPEC §5); shards without it hold square crops or grids
+        # whose nearest template is their bucket
+        ratio = meta.get("aspect_ratio") or nearest_aspect_ratio(tokens.shape[-2], tokens.shape[-1])
+        body = {"tokens": tokens, "aspect_ratio": float(ratio)}
     elif spec.kind == "image":
         data = _field(record, IMAGE_EXTENSIONS)
         if data is None:
             raise MediaDecodeError(f"record has no image field (looked for {IMAGE_EXTENSIONS})")
         image = decode_image(data)
+        ratio = 1.0  # square crop
         if spec.pixel_budget is None:
             image = adm_center_crop(image, spec.resolution)
         else:
             bucket = nearest_bucket(image.size[1], image.size[0], spec.pixel_budget)
             image = resize_cover_crop_image(image, bucket.height, bucket.width)
+            ratio = bucket.ratio
         pixels = image_to_tensor(image)
-        body = {"pixels": pixels.flip(-1) if flip else pixels}
+        body = {"pixels": pixels.flip(-1) if flip else pixels, "aspect_ratio": ratio}
     else:
         data = _field(record, VIDEO_EXTENSIONS)
         if data is None:
@@ -125,11 +131,12 @@ def decode_record(record: dict, spec: SampleSpec, rng: random.Random | None) -> 
         frames = decode_video(data, spec.clip, start, spec.video_backend)
         if spec.pixel_budget is None:
             height = width = spec.resolution
+            ratio = 1.0
         else:
             bucket = nearest_bucket(frames.shape[1], frames.shape[2], spec.pixel_budget)
-            height, width = bucket.height, bucket.width
+            height, width, ratio = bucket.height, bucket.width, bucket.ratio
         pixels = resize_cover_crop_frames(frames, height, width)
-        body = {"pixels": pixels.flip(-1) if flip else pixels}
+        body = {"pixels": pixels.flip(-1) if flip else pixels, "aspect_ratio": ratio}
     return {**body, "cls": cls, "caption": caption, "key": record.get("__key__", ""), "valid": True}
 
 
@@ -142,5 +149,7 @@ def collate(samples: list[dict]) -> dict:
         "caption": [s["caption"] for s in samples],
         "key": [s["key"] for s in samples],
         "valid": torch.tensor([s["valid"] for s in samples], dtype=torch.bool),
+        # the bucket's template h/w per sample (T2X 3D RoPE canvas, SPEC §5); a list, so it stays on the host
+        "aspect_ratio": [float(s.get("aspect_ratio", 1.0)) for s in samples],
         "num_skipped": torch.tensor(sum(s.get("num_skipped", 0) for s in samples), dtype=torch.int64),
     }

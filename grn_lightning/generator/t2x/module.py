@@ -193,6 +193,9 @@ class T2XModule(GeneratorModule):
         tokens = self.layout.to_tokens(labels).cpu().view(labels.shape[0], frames, h, w, -1)
         keep_rows = batch["valid"].cpu().bool() if "valid" in batch else torch.ones(len(tokens), dtype=torch.bool)
         tokens, captions = tokens[keep_rows], [c for c, k in zip(batch["caption"], keep_rows.tolist()) if k]
+        # the bucket's template ratio travels with each sample (SPEC §5); None snaps the grid to its template
+        ratios = batch.get("aspect_ratio") or [None] * len(keep_rows)
+        ratios = [r for r, k in zip(ratios, keep_rows.tolist()) if k]
         count = tokens.shape[0]
         tasks = self._tasks(frames, count, generator)
         if dropout and hp.caption_dropout > 0:
@@ -206,7 +209,7 @@ class T2XModule(GeneratorModule):
             first = 1 if task == "i2v" else 0  # I2V: latent frame 0 is a clean input, never corrupted or predicted
             samples.append(T2XSample(
                 state=state[i, first:], text=texts[i], ratio=float(kept[i, first:].float().mean()),  # realised p
-                labels=tokens[i, first:], clean_first=tokens[i, 0] if first else None,
+                labels=tokens[i, first:], clean_first=tokens[i, 0] if first else None, aspect_ratio=ratios[i],
             ))  # fmt: skip
         packed = pack_samples(samples, hp.token_budget, hp.max_fraction, hp.pad_to_budget, hp.pad_multiple,
                               max_rows=hp.max_rows)  # fmt: skip

@@ -11,8 +11,9 @@ Positions (all integers):
 - visual frame f, row i, column j: (600 + f, round(i·span_h/ph), round(j·span_w/pw)); I2V puts the clean first
   frame at f = 0 and the noisy (predicted) frames at f + 1;
 - span_h, span_w normalise every grid to one canvas (NaViT-like): canvas height 225 rows at the extreme aspect
-  ratio h/w = 3 (so area 225·75); for ratio r, span_w = sqrt(area / r), span_h = r·span_w, both truncated to
-  integers as the release does (`integer_spans=False` keeps the fractions, SPEC's literal formula).
+  ratio h/w = 3 (so area 225·75); for the bucket's template ratio r (data/buckets.py; never the rounded grid's),
+  span_w = sqrt(area / r), span_h = r·span_w, both truncated to integers as the release does
+  (`integer_spans=False` keeps the fractions, SPEC's literal formula).
 The rounding of i·span_h/ph is done in float32 like the release so positions match it bit for bit.
 """
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from grn_lightning.data.buckets import nearest_aspect_ratio
 
 TEXT_MAX_LEN = 512  # umT5 caption tokens per sample (release text_maxlen)
 RATIO_TIME = 512  # time position of the ratio token
@@ -106,12 +109,16 @@ def visual_positions(
 ) -> torch.Tensor:
     """int64 [frames·height·width, 3] positions of a latent grid, tokens in (t, h, w) order.
 
-    aspect_ratio: the bucket's h/w used for the canvas (None: height / width of the grid).
+    aspect_ratio: the bucket's template h/w used for the canvas (SPEC §5); None: the template ratio nearest to the
+        grid's height / width (`nearest_aspect_ratio`), never the grid's own ratio, which for the 3:1 bucket at
+        0.06M (28 x 9) lies outside the canvas.
     time_offset: added to the frame index (I2V noisy frames: 1), on top of VISUAL_TIME.
     """
     if min(frames, height, width) < 1:
         raise ValueError(f"grid (t, h, w) = {(frames, height, width)} must be positive")
-    span_h, span_w = canvas_spans(height / width if aspect_ratio is None else aspect_ratio, integer_spans=integer_spans)
+    if aspect_ratio is None:
+        aspect_ratio = nearest_aspect_ratio(height, width)
+    span_h, span_w = canvas_spans(aspect_ratio, integer_spans=integer_spans)
     if height > span_h or width > span_w:
         # denser than the canvas: neighbouring rows/columns would share positions (the release asserts this too)
         raise ValueError(f"grid {height}x{width} exceeds the canvas span {span_h:g}x{span_w:g} at this aspect ratio")
