@@ -243,3 +243,30 @@ def test_compiled_flex_matches_sdpa_and_packing_holds_on_gpu():
     assert low_sdpa.dtype == low_flex.dtype == torch.float32  # fp32 head under autocast
     scale = ref.abs().max()
     assert (low_sdpa - ref).abs().max() < 0.05 * scale and (low_flex - ref).abs().max() < 0.05 * scale
+
+
+def test_block_mask_from_segment_ranges_equals_the_evaluated_mask():
+    """`segment_block_mask` (per-block id ranges, no L×L mask) lists the same partial and full blocks as flex's
+    `create_block_mask`, which evaluates the mask at every (q, k) pair; rows of uneven fill, a row of one sample,
+    a length that is not a multiple of the block size."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from grn_lightning.generator.t2x.model import segment_block_mask
+
+    seg = torch.full((3, 30), -1)
+    seg[0, :5], seg[0, 5:6], seg[0, 6:19] = 0, 1, 2  # samples 0..2, then padding
+    seg[1, :30] = 3  # one sample filling the row
+    seg[2, :9], seg[2, 9:17] = 4, 5
+    ours = segment_block_mask(seg, block_size=4)
+
+    def same(b, h, q, k):
+        return seg[b, q] == seg[b, k]
+
+    ref = create_block_mask(same, 3, None, 30, 30, device="cpu", BLOCK_SIZE=4)
+    assert torch.equal(ours.kv_num_blocks, ref.kv_num_blocks) and torch.equal(ours.full_kv_num_blocks, ref.full_kv_num_blocks)
+    for b in range(3):
+        for q in range(8):
+            n, nf = int(ref.kv_num_blocks[b, 0, q]), int(ref.full_kv_num_blocks[b, 0, q])
+            assert sorted(ours.kv_indices[b, 0, q, :n].tolist()) == sorted(ref.kv_indices[b, 0, q, :n].tolist())
+            assert sorted(ours.full_kv_indices[b, 0, q, :nf].tolist()) == sorted(ref.full_kv_indices[b, 0, q, :nf].tolist())
+    torch.testing.assert_close(ours.to_dense(), ref.to_dense())

@@ -7,9 +7,11 @@
     GRN T2X transformer (block-diagonal attention) ─▶ packed loss (per-sample mean CE, √(visual tokens) weights)
 
 A batch of the data module holds one bucket (one T' × h × w), images or videos; `task="auto"` trains images as T2I
-and videos as T2V, or as I2V with probability `i2v_probability`. Packing runs on the host (labels are copied
-there once per step): greedy next-fit into rows of `token_budget` tokens, samples over `max_fraction` of it are
-dropped and counted (`train/dropped_samples`).
+and videos as T2V, or as I2V with probability `i2v_probability`. The host plans the packing from integer lengths
+(greedy next-fit into rows of `token_budget` tokens; samples over `max_fraction` of it are dropped and counted,
+`train/dropped_samples`); corruption, placement and the ratio token run on the device (t2x/bucket_packing.py), and
+the step reads nothing back from the device. With token shards that carry text states (tools/tokenize_shards.py
+--text-encoder-config) no text encoder runs at all.
 
 Sampling (`sample_labels` / `sample_media`) reuses the refinement sampler through `PromptConditions`
 (t2x/conditions.py): cosine schedule, CFG always on (interval [0, 1]) against the empty caption or a negative prompt,
@@ -18,21 +20,22 @@ temperature and, optionally, entropy-guided step counts with continuous batching
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
 from grn_lightning.generator import parallelize
 from grn_lightning.generator.frozen_tokenizer import freeze, load_frozen_tokenizer
 from grn_lightning.generator.module import GeneratorModule
+from grn_lightning.generator.t2x.bucket_packing import label_dtype, pack_bucket, plan_bucket
 from grn_lightning.generator.t2x.packing import (
     RELEASE_MAX_FRACTION,
     RELEASE_TOKEN_BUDGET,
     PackingOverflowError,
-    T2XSample,
-    pack_samples,
     packed_loss,
 )
-from grn_lightning.generator.refinement import RatioDistribution, corrupt
+from grn_lightning.generator.refinement import RatioDistribution
 from grn_lightning.generator.sampling.options import build_sampler, merge_sampling
 from grn_lightning.generator.t2x.conditions import PromptConditions
 from grn_lightning.generator.t2x.model import ATTENTION_BACKENDS, GRN_T2X, GRNT2XTransformer
@@ -167,9 +170,10 @@ class T2XModule(GeneratorModule):
 
     @torch.no_grad()
     def index_labels(self, batch: dict) -> torch.Tensor:
-        """int64 [B, C, T', h, w] index labels from a token batch or (frozen tokenizer) a media batch."""
+        """int [B, C, T', h, w] index labels (token shards: uint8) from a token batch or (frozen tokenizer) a media
+        batch."""
         if "tokens" in batch:
-            return batch["tokens"].long()
+            return batch["tokens"]
         return self._require_tokenizer("training on media batches").tokenize(batch["pixels"].float())
 
     def _tasks(self, frames: int, count: int, generator: torch.Generator | None) -> list[str]:
@@ -183,38 +187,76 @@ class T2XModule(GeneratorModule):
         i2v = torch.rand(count, generator=generator) < self.hparams.i2v_probability
         return ["i2v" if flag else "t2v" for flag in i2v.tolist()]
 
-    def packed_batch(self, batch: dict, generator: torch.Generator | None = None, dropout: bool = True):
-        """Corrupt, encode and pack one data-module batch: returns the `PackedBatch` on this module's device.
+    def _device_generator(self, generator: torch.Generator | None) -> torch.Generator | None:
+        """The device RNG for corruption: None (the default one) in training; for a seeded host generator
+        (evaluation, tests) the same generator on the CPU, else a device generator seeded from it."""
+        if generator is None or generator.device == self.device:
+            return generator
+        seed = int(torch.randint(2**62, (1,), generator=generator))  # a host draw: no sync
+        return torch.Generator(device=self.device).manual_seed(seed)
 
-        `generator` is a CPU generator (corruption, task and dropout draws happen on the host with the packing)."""
+    def _texts(self, batch: dict, rows: list[int], tasks: list[str], dropped: list[bool]):
+        """(text states [ΣL, C] on the device, per-sample lengths, per-sample first row) for the samples `rows`.
+
+        Token shards with cached text states carry them (`text`, `text_lengths`, and the empty caption as
+        `null_text`, `null_text_lengths`, for caption dropout): no text encoder runs. Otherwise the frozen encoder
+        encodes the (dropped-out) captions of `tasks` now."""
+        if "text" in batch:
+            cached = batch.get("text_task") or [None] * len(rows)
+            wrong = {t for i, t in zip(rows, tasks) if cached[i] not in (None, t)}
+            if wrong:
+                raise ValueError(f"the shards' text states were encoded for task {sorted(set(cached))}, the step "
+                                 f"trains {sorted(wrong)}: re-encode them with tools/tokenize_shards.py --text-task")  # fmt: skip
+            lengths, null_lengths = list(batch["text_lengths"]), list(batch["null_text_lengths"])
+            starts = [sum(lengths[:i]) for i in range(len(lengths))]
+            null_starts = [sum(lengths) + sum(null_lengths[:i]) for i in range(len(null_lengths))]
+            texts = torch.cat([batch["text"], batch["null_text"]])
+            chosen = [(null_starts[i], null_lengths[i]) if d else (starts[i], lengths[i]) for i, d in zip(rows, dropped)]
+            return texts, [n for _, n in chosen], [s for s, _ in chosen]
+        captions = ["" if d else batch["caption"][i] for i, d in zip(rows, dropped)]
+        states = self._require_text_encoder().encode(captions, tasks)
+        lengths = [int(t.shape[0]) for t in states]
+        return torch.cat(states).to(self.device), lengths, None
+
+    def packed_batch(self, batch: dict, generator: torch.Generator | None = None, dropout: bool = True):
+        """Corrupt, encode and pack one data-module batch (one bucket): the `PackedBatch` on this module's device.
+
+        The host decides from integer lengths alone (task and caption-dropout draws, the packing plan of
+        `bucket_packing.plan_bucket`); corruption, placement and the ratio token run on the device with its RNG
+        (`pack_bucket`), with no host sync. `generator`: a CPU generator that makes every draw reproducible
+        (evaluation, tests); None uses the global generators (training)."""
         hp = self.hparams
+        started = time.perf_counter()
         labels = self.index_labels(batch)
-        frames, h, w = labels.shape[2:]
-        tokens = self.layout.to_tokens(labels).cpu().view(labels.shape[0], frames, h, w, -1)
-        keep_rows = batch["valid"].cpu().bool() if "valid" in batch else torch.ones(len(tokens), dtype=torch.bool)
-        tokens, captions = tokens[keep_rows], [c for c, k in zip(batch["caption"], keep_rows.tolist()) if k]
-        # the bucket's template ratio travels with each sample (SPEC §5); None snaps the grid to its template
-        ratios = batch.get("aspect_ratio") or [None] * len(keep_rows)
-        ratios = [r for r, k in zip(ratios, keep_rows.tolist()) if k]
-        count = tokens.shape[0]
-        tasks = self._tasks(frames, count, generator)
+        count_all, _, frames, h, w = labels.shape
+        # Training streams never pad, so every row is used; evaluation pads with rows marked invalid, and reading
+        # that mask back is the one sync of an evaluation step.
+        valid = batch.get("valid")
+        if valid is None or self.training and valid.device.type != "cpu":
+            rows = list(range(count_all))
+        else:
+            rows = torch.nonzero(valid.cpu()).flatten().tolist()
+        tasks = self._tasks(frames, len(rows), generator)
+        dropped = [False] * len(rows)
         if dropout and hp.caption_dropout > 0:
-            dropped = (torch.rand(count, generator=generator) < hp.caption_dropout).tolist()
-            captions = ["" if d else c for c, d in zip(captions, dropped)]
-        texts = self._require_text_encoder().encode(captions, tasks)
-        ratio = self.ratio.sample(count, generator=generator)
-        state, kept = corrupt(tokens, ratio, self.model.classes, generator=generator)
-        samples = []
-        for i, task in enumerate(tasks):
-            first = 1 if task == "i2v" else 0  # I2V: latent frame 0 is a clean input, never corrupted or predicted
-            samples.append(T2XSample(
-                state=state[i, first:], text=texts[i], ratio=float(kept[i, first:].float().mean()),  # realised p
-                labels=tokens[i, first:], clean_first=tokens[i, 0] if first else None, aspect_ratio=ratios[i],
-            ))  # fmt: skip
-        packed = pack_samples(samples, hp.token_budget, hp.max_fraction, hp.pad_to_budget, hp.pad_multiple,
-                              max_rows=hp.max_rows)  # fmt: skip
-        packed = packed.to(self.device)
-        packed.frames, packed.i2v_fraction = frames, tasks.count("i2v") / max(1, count)  # for logging
+            dropped = (torch.rand(len(rows), generator=generator) < hp.caption_dropout).tolist()
+        host_seconds = time.perf_counter() - started
+        texts, text_lengths, text_starts = self._texts(batch, rows, tasks, dropped)
+        started = time.perf_counter()
+        # the bucket's template ratio travels with each sample (SPEC §5); None snaps the grid to its template
+        ratios = batch.get("aspect_ratio") or [None] * count_all
+        plan = plan_bucket((frames, h, w), text_lengths, [t == "i2v" for t in tasks], [ratios[i] for i in rows],
+                           hp.token_budget, hp.max_fraction, hp.pad_to_budget, hp.pad_multiple, hp.max_rows,
+                           text_starts=text_starts, sources=rows)  # fmt: skip
+        self.last_host_seconds = host_seconds + time.perf_counter() - started  # benchmarks/t2x_host_step.py
+        device_generator = self._device_generator(generator)
+        tokens = self.layout.to_tokens(labels.to(self.device)).to(label_dtype(self.model.classes))
+        keep_probability = self.ratio.sample(count_all, device=self.device, generator=device_generator)
+        packed = pack_bucket(plan.to(self.device), tokens, texts, keep_probability, self.model.classes, device_generator)
+        # host-side facts for logging (no device read): the batch's latent frames, I2V share and row fill
+        used = sum(plan.lengths)
+        packed.frames, packed.i2v_fraction = frames, tasks.count("i2v") / max(1, len(tasks))
+        packed.row_fill = used / (plan.rows * plan.length)
         return packed
 
     # -- training -----------------------------------------------------------------------------------------
@@ -224,19 +266,25 @@ class T2XModule(GeneratorModule):
         except PackingOverflowError as err:
             raise ValueError(f"{err}: raise model.token_budget or lower the data resolution / frame count") from err
         logits = net(**packed.model_inputs())
-        result = packed_loss(logits, packed.labels, packed.loss_mask, packed.segment_ids, len(packed.sample_row))
+        result = packed_loss(logits, packed.labels, packed.loss_mask, packed.segment_ids, len(packed.sample_indices))
         return result.loss, packed
+
+    def _log_host(self, name: str, value: float, batch_size: int) -> None:
+        """Log a host number without a blocking host→device copy (a pageable copy waits for the GPU queue)."""
+        tensor = torch.tensor(float(value))
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        self.log(name, tensor, batch_size=batch_size)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, packed = self._loss(batch, None, True, self.model)
-        samples = len(packed.sample_row)
+        samples = len(packed.sample_indices)
         self.log("train/loss", loss, prog_bar=True, batch_size=samples)
-        self.log("train/dropped_samples", float(packed.num_dropped), batch_size=samples)
-        filled = float((packed.segment_ids >= 0).float().mean())
-        self.log("train/row_fill", filled, batch_size=samples)
+        self._log_host("train/dropped_samples", packed.num_dropped, samples)
+        self._log_host("train/row_fill", packed.row_fill, samples)
         # the batch's latent frames (1 = images) and I2V share: what the mixed image/video stream actually fed
-        self.log("train/latent_frames", float(packed.frames), batch_size=samples)
-        self.log("train/i2v_fraction", packed.i2v_fraction, batch_size=samples)
+        self._log_host("train/latent_frames", packed.frames, samples)
+        self._log_host("train/i2v_fraction", packed.i2v_fraction, samples)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:

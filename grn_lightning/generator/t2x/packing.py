@@ -119,6 +119,20 @@ def greedy_pack(
     return PackPlan(rows, dropped)
 
 
+def plan_rows(
+    lengths: Sequence[int], budget: int, max_fraction: float, max_rows: int | None = None
+) -> PackPlan:
+    """`greedy_pack`, then with `max_rows` keep only the first rows: the samples of later rows are dropped too (a
+    fixed step shape and memory bound, instead of a mostly empty extra row when a batch overflows the budget)."""
+    plan = greedy_pack(lengths, budget, max_fraction)
+    if max_rows is None:
+        return plan
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    overflow = [i for row in plan.rows[max_rows:] for i in row]
+    return PackPlan(plan.rows[:max_rows], sorted(plan.dropped + overflow))
+
+
 def row_loss_weights(visual_counts: torch.Tensor, rows: torch.Tensor, num_rows: int, exponent: float = 0.5) -> torch.Tensor:
     """float32 [Ns] weights ∝ visual_counts^exponent, normalised to sum 1 within each row (samples with no visual
     token get 0)."""
@@ -255,15 +269,9 @@ def pack_samples(
 
     The result's `dropped` lists the samples over max_fraction·budget, `sample_indices` the input index of every
     packed sample. pad_to_budget: every row is exactly `budget` long (static shapes for compiled kernels).
-    max_rows: keep only the first rows; the samples of later rows are dropped too (a fixed step shape and memory
-    bound, instead of a mostly empty extra row when a batch overflows the budget).
+    max_rows: keep only the first rows (`plan_rows`).
     """
-    plan = greedy_pack([s.num_tokens for s in samples], budget, max_fraction)
-    if max_rows is not None:
-        if max_rows < 1:
-            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-        overflow = [i for row in plan.rows[max_rows:] for i in row]
-        plan = PackPlan(plan.rows[:max_rows], sorted(plan.dropped + overflow))
+    plan = plan_rows([s.num_tokens for s in samples], budget, max_fraction, max_rows)
     if not plan.rows:
         raise PackingOverflowError(f"all {len(samples)} samples exceed {max_fraction:g} of the {budget}-token budget")
     batch = pack_rows(
@@ -295,26 +303,29 @@ def packed_loss(
     num_samples: int | None = None,
     weight_exponent: float = 0.5,
 ) -> PackedLoss:
-    """SPEC §5 loss of a packed batch.
+    """SPEC §5 loss of a packed batch, with static shapes and no host sync when `num_samples` is given.
 
     Args:
         logits: float [B, L, G, K]; labels: int [B, L, G]; loss_mask: bool [B, L] predicted positions;
-        segment_ids: int [B, L] global sample ids (−1 padding); num_samples: Ns (None: max id + 1).
+        segment_ids: int [B, L] global sample ids (−1 padding); num_samples: Ns (None: max id + 1, read on the host).
     """
-    b = logits.shape[0]
+    b, length, g, k = logits.shape
     ns = int(segment_ids.max()) + 1 if num_samples is None else num_samples
-    picked = logits[loss_mask].float()  # [N, G, K]: cross-entropy only where there is something to predict
-    token_ce = F.cross_entropy(picked.flatten(0, 1), labels[loss_mask].flatten().long(), reduction="none")
-    token_ce = token_ce.view(picked.shape[0], picked.shape[1]).mean(-1)  # mean over the token's groups
-    seg = segment_ids[loss_mask]
-    counts = torch.zeros(ns, dtype=torch.long, device=logits.device).index_add(0, seg, torch.ones_like(seg))
-    sums = torch.zeros(ns, dtype=token_ce.dtype, device=logits.device).index_add(0, seg, token_ce)
+    # Cross-entropy at every position, then masked: boolean indexing (logits[loss_mask]) would need the count of
+    # True values on the host, a sync every step. Padding/text positions cost a little arithmetic, nothing more.
+    token_ce = F.cross_entropy(logits.reshape(-1, k).float(), labels.reshape(-1).long(), reduction="none")
+    token_ce = token_ce.view(b * length, g).mean(-1)  # mean over the token's groups
+    mask = loss_mask.reshape(-1)
+    seg = segment_ids.reshape(-1).long().clamp(min=0)  # padding lands on sample 0 with weight 0
+    counts = torch.zeros(ns, dtype=torch.long, device=logits.device).index_add(0, seg, mask.long())
+    sums = torch.zeros(ns, dtype=token_ce.dtype, device=logits.device).index_add(0, seg, torch.where(mask, token_ce, 0.0))
     per_sample = sums / counts.clamp(min=1)
-    # each sample's row, read off any of its positions
-    real = segment_ids >= 0
-    row_ids = torch.arange(b, device=logits.device)[:, None].expand_as(segment_ids)
-    rows = torch.zeros(ns, dtype=torch.long, device=logits.device).scatter(0, segment_ids[real], row_ids[real])
+    # each sample's row, read off its positions (padding, id −1, scatters nothing: it adds 0 to sample 0)
+    real = (segment_ids.reshape(-1) >= 0).long()
+    row_ids = torch.arange(b, device=logits.device).repeat_interleave(length)
+    rows = torch.zeros(ns, dtype=torch.long, device=logits.device).index_add(0, seg, row_ids * real)
+    rows = rows // torch.zeros(ns, dtype=torch.long, device=logits.device).index_add(0, seg, real).clamp(min=1)
     weights = row_loss_weights(counts, rows, b, weight_exponent)
-    active_rows = torch.zeros(b, dtype=torch.bool, device=logits.device).index_fill(0, rows[counts > 0], True)
+    active_rows = torch.zeros(b, dtype=torch.long, device=logits.device).index_add(0, rows, (counts > 0).long()) > 0
     loss = (weights * per_sample).sum() / active_rows.sum().clamp(min=1)
     return PackedLoss(loss, per_sample, weights, rows)
