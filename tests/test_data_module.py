@@ -97,8 +97,8 @@ def test_corrupt_records_are_skipped_and_counted(demo_image_shards, tmp_path):
     iterator = iter(dm.train_dataloader())
     seen = 0
     for _ in range(good // 4 * 2):  # two passes over the good records
-        batch = dm.on_after_batch_transfer(next(iterator), 0)
-        assert batch["pixels"].shape == (4, 3, 1, 32, 32)
+        batch = dm.on_after_batch_transfer(dm.on_before_batch_transfer(next(iterator), 0), 0)
+        assert batch["pixels"].shape == (4, 3, 1, 32, 32) and "num_skipped" not in batch  # counted before the copy
         assert all(k.startswith("good") for k in batch["key"])
         seen += 4
     assert dm.skipped_total >= 2  # both broken images of the first pass (second pass may not be done)
@@ -109,7 +109,7 @@ def test_corrupt_records_are_skipped_and_counted(demo_image_shards, tmp_path):
     videos = GRNDataModule(kind="video", train_shards=str(shard).replace(".tar", "-video.tar"), resolution=32,
                            num_frames=9, batch_size=1, num_workers=0, shuffle_buffer=1)
     videos.setup("fit")
-    batch = videos.on_after_batch_transfer(next(iter(videos.train_dataloader())), 0)
+    batch = videos.on_after_batch_transfer(videos.on_before_batch_transfer(next(iter(videos.train_dataloader())), 0), 0)
     assert batch["key"] == ["whole"] and batch["pixels"].shape == (1, 3, 9, 32, 32)
     assert videos.skipped_total == 1
 

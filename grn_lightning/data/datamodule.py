@@ -185,12 +185,16 @@ class GRNDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._eval_loaders("test")[0]
 
-    # -- on device: uint8 -> [-1, 1] float, skip counting ---------------------------------------------------
+    # -- skip counting on the host, before the copy (reading it back after would sync every step, every stage) --
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if isinstance(batch, dict) and "num_skipped" in batch:
+            self.skipped_total += int(batch.pop("num_skipped"))
+        return batch
+
+    # -- on device: uint8 -> [-1, 1] float ----------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if "pixels" in batch and batch["pixels"].dtype == torch.uint8:
             batch["pixels"] = batch["pixels"].float().div_(127.5).sub_(1.0)
-        if "num_skipped" in batch:
-            self.skipped_total += int(batch.pop("num_skipped"))
         return batch
 
     def state_dict(self) -> dict:
