@@ -1,5 +1,6 @@
-"""Refinement sampler (SPEC §6): CFG batching, reference equality, schedules, adaptive steps, continuous
-batching determinism and compute, region edits."""
+"""Refinement sampler (SPEC §6): CFG batching, equality with a plain one-request loop, schedules, adaptive steps
+(Eq. 9 against hand-worked stand-in models), continuous batching determinism and compute, static-shape slots, region
+edits. The Eq. 9 stand-ins and the sampler's counter-based noise (noise.py) are tested in test_sampler_rules.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from grn_lightning.generator.sampling.adaptive import AdaptiveSteps, normalised_entropy
 from grn_lightning.generator.refinement import keep_fractions
+from grn_lightning.generator.sampling import noise
 from grn_lightning.generator.sampling.sampler import RefinementSampler, guided_logits, sample_categorical
 from grn_lightning.generator.c2i.model import GRNC2ITransformer
 
@@ -42,22 +44,31 @@ def _bit_model() -> GRNC2ITransformer:
     return m.eval().requires_grad_(False)
 
 
-def reference_conditional(model, class_id, seed, keep, entropy_step):
-    """Plain conditional refinement loop of SPEC §6 (no CFG, τ = 1), written out with the sampler's draw order."""
+def reference_sample(model, class_id, seed, keep, entropy_step, cfg_scale=1.0, interval=(0.0, 1.0), tau=1.0, null=10):
+    """SPEC §6 for ONE request, written out plainly: two separate forwards for CFG, the request's counter-based draws
+    (noise.py) step by step. The entropy is read from the forward of loop index `entropy_step` (Eq. 9)."""
     n, g, k = model.num_tokens, model.groups, model.classes
-    gen = torch.Generator().manual_seed(seed)
-    y_rand = torch.randint(0, k, (n, g), generator=gen)
+    key = noise.request_keys(torch.tensor([seed]))
+    zero = torch.zeros(1, dtype=torch.long)
+    y_rand = noise.randint(key, zero, zero, noise.LABELS, (n, g), k)[0]
     state, entropy = y_rand, None
     for i, p in enumerate(keep):
-        logits = model(state[None], torch.tensor([class_id]), torch.tensor([p]))[0]
-        u = torch.rand(2, n, g, generator=gen)
-        probs = torch.softmax(logits, -1)
-        y = (probs.cumsum(-1) < u[0][..., None]).sum(-1).clamp(max=k - 1)
-        if i + 1 == entropy_step:
-            p_ = probs.double()
+        ratio = torch.tensor([p])
+        logits = model(state[None], torch.tensor([class_id]), ratio)[0].float()
+        guided = logits
+        if cfg_scale != 1.0 and interval[0] <= ratio.item() <= interval[1]:
+            uncond = model(state[None], torch.tensor([null]), ratio)[0].float()
+            guided = uncond + cfg_scale * (logits - uncond)
+        step = torch.tensor([i])
+        u_cat = noise.uniform(key, zero, step, noise.CATEGORY, (n, g))[0]
+        probs = torch.softmax(guided / tau, -1)
+        y = (probs.cumsum(-1) < u_cat[..., None]).sum(-1).clamp(max=k - 1)
+        if i == entropy_step:
+            p_ = torch.softmax(logits.double(), -1)
             entropy = (-(p_ * p_.log()).sum(-1) / math.log(k)).mean().item()
         if i + 1 < len(keep):
-            state = torch.where(u[1] < keep[i + 1], y, y_rand)
+            u_keep = noise.uniform(key, zero, step, noise.KEEP, (n, g))[0]
+            state = torch.where(u_keep < keep[i + 1], y, y_rand)
     return y, entropy
 
 
@@ -79,6 +90,11 @@ def test_batched_cfg_equals_two_separate_calls(model):
     torch.testing.assert_close(cond, lc, rtol=1e-5, atol=1e-5)
     expected = torch.where(active[:, None, None, None], lu + 2.4 * (lc - lu), lc)
     torch.testing.assert_close(guided, expected, rtol=1e-5, atol=1e-5)
+    calls.clear()  # fixed shapes: an unconditional row for every row, the same guided logits
+    cond_all, guided_all = guided_logits(counting, state, cls, ratio, 10, 2.4, active, every_row=True)
+    assert calls == [8]
+    torch.testing.assert_close(cond_all, lc, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(guided_all, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_inverse_cdf_categorical():
@@ -89,14 +105,32 @@ def test_inverse_cdf_categorical():
     torch.testing.assert_close(freq, probs[0], atol=0.02, rtol=0)
 
 
-def test_cfg_weight_one_tau_one_equals_plain_conditional_sampling(model):
-    sampler = RefinementSampler(steps=6, cfg_scale=1.0, cfg_interval=(0.0, 1.0), temperature=1.0, max_batch=2, entropy_step=3)
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_cfg_weight_one_tau_one_equals_plain_conditional_sampling(model, static_shapes):
+    # entropy_step=3 is the loop index of the forward whose prediction is measured (the 4th forward). Before issue 12
+    # the reference read it after the 3rd forward (`i + 1 == entropy_step`), the convention of the old sampler that
+    # Eq. 9 contradicts (SPEC §6: loop index i = t0); both sides shared that mistake, so the test could not see it.
+    sampler = RefinementSampler(steps=6, cfg_scale=1.0, cfg_interval=(0.0, 1.0), temperature=1.0, max_batch=2,
+                                entropy_step=3, static_shapes=static_shapes)  # fmt: skip
     cls, seeds = torch.tensor([0, 5, 9]), [11, 12, 13]
     out = sampler.sample(model, cls, seeds)
     assert out.labels.shape == (3, 12, 4) and out.steps.tolist() == [6, 6, 6]
-    assert out.rows_forwarded == 18  # w = 1 skips the unconditional rows
+    assert out.rows_forwarded == 18  # w = 1 skips the unconditional rows; 3 requests x 6 steps
     for j in range(3):
-        y, ent = reference_conditional(model, int(cls[j]), seeds[j], keep_fractions(6), entropy_step=3)
+        y, ent = reference_sample(model, int(cls[j]), seeds[j], keep_fractions(6), entropy_step=3)
+        assert torch.equal(out.labels[j], y)
+        assert out.entropy[j].item() == pytest.approx(ent, abs=1e-6)
+
+
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_cfg_interval_and_temperature_equal_the_plain_loop(model, static_shapes):
+    """CFG with two separate forwards inside the interval, τ, 3 requests over 2 slots: equal to the plain loop."""
+    sampler = RefinementSampler(steps=5, cfg_scale=2.5, cfg_interval=(0.3, 0.7), temperature=1.3, max_batch=2,
+                                entropy_step=2, static_shapes=static_shapes)  # fmt: skip
+    cls, seeds = torch.tensor([1, 4, 7]), [5, 2**61 + 3, 77]
+    out = sampler.sample(model, cls, seeds)
+    for j in range(3):
+        y, ent = reference_sample(model, int(cls[j]), seeds[j], keep_fractions(5), 2, 2.5, (0.3, 0.7), 1.3)
         assert torch.equal(out.labels[j], y)
         assert out.entropy[j].item() == pytest.approx(ent, abs=1e-6)
 
@@ -110,7 +144,8 @@ def test_schedule_ending_at_one_returns_last_full_prediction():
     sampler = RefinementSampler(steps=3, schedule=[0.0, 1.0, 1.0], cfg_scale=3.0, temperature=1.0)
     out = sampler.sample(shift_model, torch.tensor([0, 1]), [3, 4], num_tokens=6, groups=2, classes=k, null_class=7)
     for j, seed in enumerate([3, 4]):
-        y_rand = torch.randint(0, k, (6, 2), generator=torch.Generator().manual_seed(seed))
+        zero = torch.zeros(1, dtype=torch.long)
+        y_rand = noise.randint(noise.request_keys(torch.tensor([seed])), zero, zero, noise.LABELS, (6, 2), k)[0]
         # step 0 sees y_rand, steps 1 and 2 see the previous prediction entirely → y_rand + 3
         assert torch.equal(out.labels[j], (y_rand + 3) % k)
 
@@ -138,7 +173,8 @@ def test_adaptive_steps_follow_entropy_rule(model):
     adaptive = AdaptiveSteps(t0=2, k=k, b=-k * lo, t_min=4, t_max=10)
     sampler = RefinementSampler(cfg_scale=1.0, temperature=1.0, adaptive=adaptive, max_batch=3)
     out = sampler.sample(model, cls, seeds)
-    torch.testing.assert_close(out.entropy, ent, rtol=0, atol=1e-5)  # warm-up is the same linear schedule → same entropy
+    # forwards 0..2 feed the same kept fractions 0, .1, .2 (linear, T = Tmax = 10) → the same entropy at index 2
+    torch.testing.assert_close(out.entropy, ent, rtol=0, atol=1e-5)
     expected = 2 + torch.round(torch.clamp(k * out.entropy + (-k * lo), 4 - 2, 10 - 2)).long()
     assert torch.equal(out.steps, expected)
     assert out.steps.min() == 4 and out.steps.max() == 10 and len(set(out.steps.tolist())) >= 3
@@ -146,13 +182,22 @@ def test_adaptive_steps_follow_entropy_rule(model):
 
 
 def test_adaptive_keep_fraction_and_cooling():
-    a = AdaptiveSteps(t0=5, t_min=20, t_max=50, cool_temperature=True)
-    assert [a.keep_fraction(i, 45) for i in (0, 4, 5, 49)] == pytest.approx([0.0, 0.08, 0.1, 49 / 50])
-    assert a.keep_fraction(5 + 15, 30) == pytest.approx(0.1 + 0.9 * 15 / 30)
-    assert [a.temperature_factor(d) for d in (5, 10, 30, 50)] == [0.5, 0.5, 1.0, 1.0]
-    assert a.temperature_factor(20) == pytest.approx(0.75)
-    assert AdaptiveSteps(cool_temperature=False).temperature_factor(10) == 1.0
-    assert a.remaining_steps(torch.tensor([0.0, 0.9, 0.93, 1.0], dtype=torch.float64)).tolist() == [15, 15, 31, 45]
+    a = AdaptiveSteps.preset("release")
+    assert (a.k, a.b, a.cool_temperature, a.t_min, a.t_max, a.t0) == (700.0, -620.0, True, 20, 50, 5)
+    keep = a.keep_fractions(torch.tensor([0, 4, 5, 5, 49, 20]), torch.tensor([45, 45, 0, 45, 45, 30]))
+    torch.testing.assert_close(keep, torch.tensor([0.0, 0.08, 0.1, 0.1, 0.1 + 0.9 * 44 / 45, 0.1 + 0.9 * 15 / 30],
+                                                  dtype=torch.float64))  # fmt: skip
+    factors = a.temperature_factors(torch.tensor([5, 10, 20, 30, 50, 0])).tolist()
+    assert factors == pytest.approx([0.5, 0.5, 0.75, 1.0, 1.0, 1.0])  # Δ = 0: not measured yet, no cooling
+    assert AdaptiveSteps(cool_temperature=False).temperature_factors(torch.tensor([10])).tolist() == [1.0]
+    # release k 700, b −620: 700·0.93 − 620 = 31; paper k 600, b −547.2: 600·0.95 − 547.2 = 22.8 → 23
+    entropies = torch.tensor([0.0, 0.9, 0.93, 0.95, 1.0], dtype=torch.float64)
+    assert a.remaining_steps(entropies).tolist() == [15, 15, 31, 45, 45]
+    paper = AdaptiveSteps()
+    assert (paper.k, paper.b, paper.cool_temperature) == (600.0, -547.2, False)
+    assert paper.remaining_steps(entropies).tolist() == [15, 15, 15, 23, 45]
+    with pytest.raises(ValueError, match="preset"):
+        AdaptiveSteps.preset("fast")
     with pytest.raises(ValueError, match="t0"):
         AdaptiveSteps(t0=20, t_min=20)
     logits = torch.zeros(2, 3, 4, 8)
@@ -160,14 +205,16 @@ def test_adaptive_keep_fraction_and_cooling():
     torch.testing.assert_close(normalised_entropy(logits), torch.tensor([1.0, 0.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("variant", ["ind", "bit"])
-def test_continuous_batching_equals_each_sample_alone(model, variant):
-    # (k, b) put Δ across [1, 7] for the entropies of these random models (≈ 0.48-0.56 ind, 0.16-0.25 bit)
-    k, b = (100.0, -48.0) if variant == "ind" else (100.0, -16.0)
+@pytest.mark.parametrize("variant,static_shapes", [("ind", False), ("bit", False), ("ind", True)])
+def test_continuous_batching_equals_each_sample_alone(model, variant, static_shapes):
+    # (k, b) put Δ across [1, 7] for the entropies of these random models at forward index 2 (≈ 0.57-0.67 ind,
+    # 0.22-0.37 bit)
+    k, b = (100.0, -58.0) if variant == "ind" else (100.0, -28.0)
     if variant == "bit":
         model = _bit_model()
     adaptive = AdaptiveSteps(t0=2, k=k, b=b, t_min=3, t_max=9, cool_temperature=True)
-    sampler = RefinementSampler(cfg_scale=2.0, cfg_interval=(0.3, 1.0), temperature=1.2, adaptive=adaptive, max_batch=3)
+    sampler = RefinementSampler(cfg_scale=2.0, cfg_interval=(0.3, 1.0), temperature=1.2, adaptive=adaptive, max_batch=3,
+                                static_shapes=static_shapes)  # fmt: skip
     cls, seeds = torch.tensor([0, 1, 2, 3, 4, 5, 6, 10]), [21, 22, 23, 24, 25, 26, 27, 28]
     batched = sampler.sample(model, cls, seeds)
     assert len(set(batched.steps.tolist())) >= 3, batched.steps  # requests really finish at different times
@@ -231,8 +278,8 @@ def test_confidence_selection_is_an_option_and_bad_options_fail(model):
         RefinementSampler(cfg_interval=(0.8, 0.2))
     with pytest.raises(ValueError, match="schedule"):
         RefinementSampler(schedule="quadratic")
-    with pytest.raises(ValueError, match="noise_device"):
-        RefinementSampler(noise_device="gpu0")
+    with pytest.raises(ValueError, match="max_batch"):
+        RefinementSampler(max_batch=0)
     with pytest.raises(ValueError, match="seed"):
         RefinementSampler(steps=2).sample(model, torch.tensor([1, 2]), [0])
 

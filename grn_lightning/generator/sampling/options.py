@@ -1,7 +1,8 @@
 """Sampling options as plain dicts (YAML-friendly) → `RefinementSampler` (SPEC §6).
 
 Configs and `GenerationMetrics(sampling=...)` carry sampling arguments as a dict of `RefinementSampler`'s
-keyword arguments; the `adaptive` entry may be a dict of `AdaptiveSteps` arguments (or null for fixed steps).
+keyword arguments; the `adaptive` entry may be a dict of `AdaptiveSteps` arguments, optionally with a `preset`
+("paper" or "release", adaptive.py) that the other keys override, or null for fixed steps.
 Per-call overrides are merged over the module's defaults, key by key (`adaptive` is replaced as a whole).
 """
 
@@ -30,7 +31,9 @@ def build_sampler(options: Mapping):
     kwargs = dict(options)
     adaptive = kwargs.get("adaptive")
     if isinstance(adaptive, Mapping):
-        kwargs["adaptive"] = AdaptiveSteps(**adaptive)
+        adaptive = dict(adaptive)
+        preset = adaptive.pop("preset", None)  # {"preset": "release", "t_min": 10}: a preset with overrides
+        kwargs["adaptive"] = AdaptiveSteps.preset(preset, **adaptive) if preset else AdaptiveSteps(**adaptive)
     try:
         return RefinementSampler(**kwargs)
     except TypeError as err:

@@ -86,7 +86,7 @@ class T2XModule(GeneratorModule):
         ema_decay_2: optional second EMA track; None disables it.
         sample_weights: "ema" or "raw".
         sampling: sampling defaults over `T2X_SAMPLING` (steps, schedule, cfg_scale, cfg_interval, temperature,
-            adaptive {k, b, t_min, t_max, t0, cool_temperature}, max_batch, noise_device).
+            adaptive {preset, k, b, t_min, t_max, t0, cool_temperature}, max_batch, static_shapes).
         negative_prompt: caption of the unconditional branch of CFG ("" = the empty caption used in training).
         activation_checkpointing: recompute each block in backward (`configure_model`).
         compile: torch.compile the transformer per "block", as a whole "model", or "none".
