@@ -6,9 +6,12 @@
 
 Token batches are synthetic index labels of the real geometry (16×16 tokens, C = 16, M = 4); the step is the
 module's own: corruption, class dropout, forward, CE, backward, clip 0.1, AdamW, EMA update (two tracks).
-MFU (nanoGPT's estimate): FLOPs/step = batch · L · (6·N + 12·depth·width·L), N = trainable parameters,
-L = 288 tokens (256 image + 32 in-context); peak 760 TFLOP/s (H100 SXM dense bf16, the issue's reference).
-One JSON line per size on stdout.
+MFU with the one FLOP counter (grn_lightning/training/flops.py, SPEC §11): blocks on 288 tokens (256 image + 32
+in-context), embedding and head on 256, adaLN and the ratio MLP once per image, attention 12·depth·width·288² per
+image; peak `--peak-tflops` (default 790: the H200's measured dense bf16 matmul rate), stated in the output.
+Before 2026-12-05 this script counted 6·(all parameters)·288 per image with a 760 peak, which overstated
+GRN-B's FLOPs 1.5× (BENCHMARKS.md). `--data shards` reads token shards through GRNDataModule (loader workers
+included) instead of repeating one batch. One JSON line per size on stdout.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import grn_lightning  # noqa: F401  (torchvision compatibility before lightning)
 import lightning as L
 import torch
 
-PEAK_FLOPS = 760e12
+PEAK_TFLOPS = 790.0  # H200 dense bf16, measured on an 8192³ product (SPEC §11)
 
 
 class RepeatedTokens(torch.utils.data.IterableDataset):
@@ -83,8 +86,9 @@ class KernelProfile(L.Callback):
 
 
 def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warmup: int, ac: bool, device: str,
-        profile: bool = False) -> dict:
+        profile: bool = False, peak_tflops: float = PEAK_TFLOPS) -> dict:
     from grn_lightning.generator.c2i.module import C2IModule
+    from grn_lightning.training.flops import c2i_step_flops
 
     torch.set_float32_matmul_precision("high")
     module = C2IModule(
@@ -106,13 +110,13 @@ def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warm
     )  # fmt: skip
     trainer.fit(module, data)
     step_s = timer.elapsed / steps
-    flops = batch * seq * (6 * params + 12 * model.depth * model.width * seq)
+    flops = c2i_step_flops(model, batch).total
     return {
         "benchmark": "c2i_train_step", "size": size, "variant": variant, "batch": batch, "compile": compile_mode,
         "activation_checkpointing": ac, "precision": "bf16-mixed", "params": params, "seq_len": seq,
         "step_ms": round(step_s * 1e3, 2), "images_per_s": round(batch / step_s, 1),
-        "tflops_per_s": round(flops / step_s / 1e12, 1), "mfu": round(flops / step_s / PEAK_FLOPS, 4),
-        "mfu_target": 0.55, "torch": torch.__version__,
+        "tflops_per_s": round(flops / step_s / 1e12, 1), "mfu": round(flops / step_s / (peak_tflops * 1e12), 4),
+        "peak_tflops": peak_tflops, "flop_counter": "grn_lightning.training.flops (SPEC §11)", "torch": torch.__version__,
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "gpu" else None,
         "device": torch.cuda.get_device_name() if device == "gpu" else "cpu (smoke run: timings not meaningful)",
     }  # fmt: skip
@@ -129,6 +133,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
     parser.add_argument("--profile", action="store_true", help="top GPU kernels of 3 steps to stderr (slows them)")
     parser.add_argument("--device", default="gpu", choices=["gpu", "cpu"], help="cpu: a smoke run of the script")
+    parser.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS, help="dense bf16 peak of the device")
     args = parser.parse_args()
     if args.device == "gpu" and not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (or --device cpu for a smoke run)")
@@ -138,7 +143,7 @@ def main() -> None:
         parser.error("--batch needs one value per --sizes entry")
     for size, batch in zip(args.sizes, batches):
         print(json.dumps(run(size, batch, args.variant, args.compile, args.steps, args.warmup,
-                             args.activation_checkpointing, args.device, args.profile)), flush=True)  # fmt: skip
+                             args.activation_checkpointing, args.device, args.profile, args.peak_tflops)), flush=True)  # fmt: skip
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -8,8 +8,9 @@ Token batches are synthetic bit labels of the release geometry (C = 64, M = 4, 3
 image) with captions of 60–400 bytes; the step is the module's own: host-side corruption and packing into one row
 padded to the budget, forward with flex_attention over the block-diagonal mask, packed loss, backward, clip 0.1,
 AdamW, EMA. The text encoder is a one-layer random umT5 of the XXL width (4096): its cost is NOT the umT5-XXL's and
-is not counted. MFU (nanoGPT's estimate, real tokens only): FLOPs = 6·N·T + 12·depth·width·Σ n_s² (attention only
-within each sample of n_s tokens), T = Σ n_s; peak 760 TFLOP/s as for the C2I benchmark. One JSON line on stdout.
+is not counted. MFU with the one FLOP counter (grn_lightning/training/flops.py, SPEC §11) over the real tokens:
+blocks, state embedding and head per token, text projection per text token, ratio MLP per sample, attention
+12·depth·width·Σ n_s² inside each sample; peak `--peak-tflops` (790, H200). One JSON line on stdout.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import random
 import grn_lightning  # noqa: F401  (torchvision compatibility before lightning)
 import lightning as L
 import torch
-from c2i_train_step import PEAK_FLOPS, RepeatedTokens, StepTimer
+from c2i_train_step import PEAK_TFLOPS, RepeatedTokens, StepTimer
 
 
 class CaptionedTokens(RepeatedTokens):
@@ -36,6 +37,7 @@ class CaptionedTokens(RepeatedTokens):
 def run(args: argparse.Namespace) -> dict:
     from grn_lightning.generator.t2x.module import T2XModule
     from grn_lightning.generator.t2x.text import UMT5TextEncoder
+    from grn_lightning.training.flops import t2x_step_flops
 
     torch.set_float32_matmul_precision("high")
     text = UMT5TextEncoder(random_init={"d_model": 4096, "d_kv": 64, "d_ff": 256, "num_layers": 1, "num_heads": 4,
@@ -46,12 +48,12 @@ def run(args: argparse.Namespace) -> dict:
     data = CaptionedTokens(args.batch, 64, 4, args.grid)
     seen = {}
 
-    class Tokens(L.Callback):  # real (unpadded) tokens and Σ n_s² of the packed batch, from the module's own packing
+    class Tokens(L.Callback):  # real (unpadded) tokens per sample and text tokens, from the module's own packing
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if not seen:
                 packed = pl_module.packed_batch(batch, dropout=False)
                 n = torch.bincount(packed.segment_ids[packed.segment_ids >= 0].flatten().cpu())
-                seen.update(tokens=int(n.sum()), square=int((n.double() ** 2).sum()), rows=packed.segment_ids.shape[0],
+                seen.update(lengths=n.tolist(), text=int(packed.text.shape[0]), rows=packed.segment_ids.shape[0],
                             dropped=packed.num_dropped)  # fmt: skip
 
     timer = StepTimer(args.warmup)
@@ -63,8 +65,8 @@ def run(args: argparse.Namespace) -> dict:
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=None))
     step_s = timer.elapsed / args.steps
     params = sum(p.numel() for p in module.model.parameters())
-    m = module.model
-    flops = 6 * params * seen["tokens"] + 12 * m.depth * m.width * seen["square"]
+    flops = t2x_step_flops(module.model, seen["lengths"], seen["text"]).total
+    seen["tokens"] = sum(seen["lengths"])
     gpu = args.device == "gpu"
     return {
         "benchmark": "t2x_train_step", "size": args.size, "images": args.batch, "budget": args.budget,
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> dict:
         "compile": args.compile, "activation_checkpointing": args.activation_checkpointing, "params": params,
         "step_ms": round(step_s * 1e3, 1), "images_per_s": round(args.batch / step_s, 1),
         "tokens_per_s": round(seen["tokens"] / step_s), "tflops_per_s": round(flops / step_s / 1e12, 1),
-        "mfu": round(flops / step_s / PEAK_FLOPS, 4), "torch": torch.__version__,
+        "mfu": round(flops / step_s / (args.peak_tflops * 1e12), 4), "peak_tflops": args.peak_tflops,
+        "flop_counter": "grn_lightning.training.flops (SPEC §11)", "torch": torch.__version__,
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
         "device": torch.cuda.get_device_name() if gpu else "cpu (smoke run: timings not meaningful)",
     }  # fmt: skip
@@ -90,6 +93,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="gpu", choices=["gpu", "cpu"])
+    parser.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS, help="dense bf16 peak of the device")
     args = parser.parse_args()
     if args.device == "gpu" and not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (or --device cpu for a smoke run)")
