@@ -1,0 +1,101 @@
+"""Classifier-judged sample metrics (eval/sample_judges.py) and the classifier itself, with hand-worked values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from grn_lightning.eval.classifier import SmallClassifier, load_classifier, save_classifier, shrink_and_shift
+from grn_lightning.eval.sample_judges import SampleJudge, centroid_track, features_frechet, motion_direction
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _square_clip(positions: list[tuple[int, int]], size: int = 6, canvas: int = 32) -> torch.Tensor:
+    """[3, T, canvas, canvas] in [-1, 1]: a white size×size square at each (top, left) on black."""
+    clip = torch.full((3, len(positions), canvas, canvas), -1.0)
+    for t, (top, left) in enumerate(positions):
+        clip[:, t, top : top + size, left : left + size] = 1.0
+    return clip
+
+
+@pytest.mark.parametrize(
+    "positions, expected",
+    [
+        ([(10, x) for x in range(0, 13)], "right"),  # 12 pixels to the right
+        ([(10, 12 - x) for x in range(0, 13)], "left"),
+        ([(12 - y, 3) for y in range(0, 13)], "up"),
+        ([(y, 20) for y in range(0, 13)], "down"),
+        ([(7, 9)] * 13, "still"),
+        ([(7, 9 + (t % 2)) for t in range(13)], "still"),  # jitter of one pixel is not motion
+    ],
+)
+def test_centroid_track_names_the_direction(positions, expected):
+    clip = _square_clip(positions)
+    track = centroid_track(clip)
+    # a 6-pixel square at top/left p has its centroid at p + 2.5 (hand-worked)
+    assert track[0].tolist() == [positions[0][0] + 2.5, positions[0][1] + 2.5]
+    assert motion_direction(track) == expected
+
+
+def test_features_frechet_matches_scipy_sqrtm_formula():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(loc=0.7, size=(300, 5)) @ rng.normal(size=(5, 5))
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert features_frechet(a, b) == pytest.approx(expected, rel=1e-6)
+    assert features_frechet(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+class _LeftOrRight(torch.nn.Module):
+    """Class 0 when the left half is brighter than the right half, else class 1; features = the two half means."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
+
+    def forward(self, images):
+        w = images.shape[-1]
+        halves = torch.stack([images[..., : w // 2].mean(dim=(1, 2, 3)), images[..., w // 2 :].mean(dim=(1, 2, 3))], 1)
+        return torch.stack([halves[:, 0] - halves[:, 1], halves[:, 1] - halves[:, 0]], 1), halves
+
+
+def test_sample_judge_accuracy_consistency_direction_and_first_frame():
+    judge = SampleJudge(_LeftOrRight(), batch_size=3)
+    left, right = _square_clip([(10, 2)])[:, 0], _square_clip([(10, 24)])[:, 0]
+    images = torch.stack([left, left, right, right])
+    judge.update_images(images, torch.tensor([0, 1, 1, 1]))  # 3 of 4 requested classes drawn
+    # clip 1 moves right from x=0 to x=24: frames with the square's centroid left of 16 are class 0
+    moving = _square_clip([(10, 2 * t) for t in range(13)])  # centroids 2.5 .. 26.5: 7 frames left (x<=12), 6 right
+    still = _square_clip([(10, 2)] * 13)
+    judge.update_clips(torch.stack([moving, still]), torch.tensor([0, 0]), ["right", "left"])
+    scores = judge.compute()
+    assert scores["class_accuracy"] == 0.75
+    assert scores["class_consistency"] == pytest.approx((7 / 13 + 1.0) / 2)
+    assert scores["frame_class_accuracy"] == pytest.approx((7 / 13 + 1.0) / 2)
+    assert scores["direction_accuracy"] == 0.5  # the still clip was asked to move left
+    judge.reset()
+    judge.update_clips(torch.stack([moving, still]), torch.tensor([1, 0]), skip_first=True)
+    # generated frames (after the first): moving has 6 frames left, 6 right: tie -> first seen (0) wins; still: 0
+    assert judge.compute()["keeps_first_frame_class"] == 0.5
+
+
+def test_classifier_round_trip_and_shrink_and_shift(tmp_path):
+    torch.manual_seed(0)
+    model = SmallClassifier(num_classes=10, width=4, feature_dim=8).eval()
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    logits, features = model(images)
+    assert logits.shape == (2, 10) and features.shape == (2, 8)
+    save_classifier(str(tmp_path / "c.pt"), model, {"test_accuracy": 0.5})
+    loaded, metrics = load_classifier(str(tmp_path / "c.pt"))
+    assert metrics == {"test_accuracy": 0.5}
+    assert torch.equal(loaded(images)[0], logits)
+    with pytest.raises(FileNotFoundError, match="train_classifier"):
+        load_classifier(str(tmp_path / "missing.pt"))
+    shifted = shrink_and_shift(torch.ones(3, 3, 32, 32), item=20, canvas_item=28)
+    # every image keeps exactly a 20×20 white item on black (bicubic of a constant image is the constant)
+    assert [(img[0] > 0).sum().item() for img in shifted] == [400, 400, 400]
