@@ -25,10 +25,24 @@ def merge_sampling(defaults: Mapping | None, overrides: Mapping | None = None) -
 def build_sampler(options: Mapping):
     """`RefinementSampler(**options)` with `adaptive` turned into `AdaptiveSteps` when given as a dict.
 
-    Unknown keys fail here with the sampler's own message (construction-time validation of configs)."""
+    Unknown keys fail here with the sampler's own message (construction-time validation of configs).
+    `decoding: mask` selects the MaskGIT-style baseline (mask_decoding.py; paper Table 7) instead of refinement."""
     from grn_lightning.generator.sampling.sampler import RefinementSampler
 
     kwargs = dict(options)
+    decoding = kwargs.pop("decoding", "refine")
+    if decoding not in ("refine", "mask"):
+        raise ValueError(f"sampling decoding={decoding!r} is not one of ('refine', 'mask')")
+    if decoding == "mask":
+        from grn_lightning.generator.sampling.mask_decoding import MaskDecodingSampler
+
+        if kwargs.pop("adaptive", None) is not None:
+            raise ValueError("sampling decoding='mask' uses fixed steps: set adaptive to null")
+        kwargs.pop("max_batch", None), kwargs.pop("entropy_step", None)  # batching knobs; results do not depend on them
+        try:
+            return MaskDecodingSampler(**kwargs)
+        except TypeError as err:
+            raise ValueError(f"bad mask-decoding options {sorted(kwargs)}: {err}") from err
     adaptive = kwargs.get("adaptive")
     if isinstance(adaptive, Mapping):
         adaptive = dict(adaptive)
