@@ -43,7 +43,8 @@ for PART in "$@"; do
       bench tokenizer_step benchmarks/tokenizer_step.py --steps 5 --warmup 2 ;;
     sample)
       bench c2i_sample benchmarks/c2i_sample.py --size B --batch 256 --rounds 2 --steps 50
-      bench sampler_continuous benchmarks/sampler_continuous.py --size B --requests 512 --slots 128
+      bench sampler_continuous benchmarks/sampler_continuous.py gpu --size B --requests 2048 --slots 256
+      bench sampler_continuous benchmarks/sampler_continuous.py gpu --size B --requests 2048 --slots 256 --compile
       bench eval_throughput benchmarks/eval_throughput.py ;;
     *) echo "unknown part $PART"; exit 2 ;;
   esac
