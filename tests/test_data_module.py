@@ -163,11 +163,11 @@ def test_token_shards_round_trip(tmp_path):
     dm.setup("fit")
     batches = list(dm.val_dataloader())
     got = torch.cat([b["tokens"] for b in batches])
-    assert torch.equal(got, torch.from_numpy(np.stack(labels)))
+    assert torch.equal(got.long(), torch.from_numpy(np.stack(labels)))
     assert torch.cat([b["cls"] for b in batches]).tolist() == [0, 1, 2, 0, 1, 2]
     assert [r for b in batches for r in b["aspect_ratio"]] == [1.0] * 6  # square grids without a stored ratio
     train = next(iter(dm.train_dataloader()))
-    assert train["tokens"].shape == (3, 4, 1, 2, 2) and train["tokens"].dtype == torch.int64
+    assert train["tokens"].shape == (3, 4, 1, 2, 2) and train["tokens"].dtype == torch.uint8  # smallest dtype, M = 4
 
 
 def _run_make_shards(*args: str) -> None:

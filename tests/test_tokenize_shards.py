@@ -89,7 +89,7 @@ def test_tokenize_round_trip_flip_resume_and_datamodule(tmp_path, demo_image_sha
                        num_workers=0, shuffle_buffer=8)  # fmt: skip
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["tokens"].shape == (5, 8, 1, RES // 16, RES // 16) and batch["tokens"].dtype == torch.int64
+    assert batch["tokens"].shape == (5, 8, 1, RES // 16, RES // 16) and batch["tokens"].dtype == torch.uint8
     assert int(batch["tokens"].max()) <= 15 and (batch["cls"] >= 0).all()
 
     # The same token shards feed the text-to-image module (square size): tokens + the captions the shards carry.

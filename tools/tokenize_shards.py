@@ -15,6 +15,16 @@ skipped and counted, as in training.
 
 The tokenizer is given as a YAML/JSON file `{class_path: ..., init_args: {...}}` (the `model.tokenizer` block of
 a C2I config works as is; a file with a top-level `model.tokenizer` is also accepted).
+
+T2I shards (cached text, aspect-ratio buckets): `--pixel-budget 0.25M` resizes each image to its nearest bucket
+(SPEC §8, as training does) and records the bucket's template ratio; `--text-encoder-config` (a
+`{class_path, init_args}` of `UMT5TextEncoder`, or a T2X config's `model.text_encoder`) adds the umT5 last hidden
+states of the `--text-task`-tagged caption and of the empty caption, bf16, trimmed to length
+(grn_lightning/data/text_states.py). T2X training on such shards runs no text encoder.
+
+    python tools/tokenize_shards.py --input "data/t2i-{000000..000999}.tar" --output data/t2i-tokens \
+        --tokenizer-config configs/t2i.yaml --tokenizer-ckpt weights/hbq_tokenizer_64ch.pt --pixel-budget 0.25M \
+        --text-encoder-config configs/t2i.yaml --bf16
 """
 
 from __future__ import annotations
@@ -31,23 +41,42 @@ import torch
 import yaml
 
 from grn_lightning.data.media import MediaDecodeError
+from grn_lightning.data.buckets import PIXEL_BUDGETS
 from grn_lightning.data.records import SampleSpec, decode_record
 from grn_lightning.data.splits import expand_shards
+from grn_lightning.data.text_states import encode_text_fields
 from grn_lightning.data.tokens import encode_token_record
 from grn_lightning.generator.frozen_tokenizer import load_frozen_tokenizer
 
 
-def build_tokenizer(config_path: str, ckpt: str | None) -> torch.nn.Module:
-    """Instantiate `{class_path, init_args}` from a YAML/JSON file and load frozen weights from `ckpt`."""
+def build_part(config_path: str, part: str) -> torch.nn.Module:
+    """Instantiate `{class_path, init_args}` from a YAML/JSON file, or the `model.<part>` block of a config."""
     with open(config_path) as handle:
         spec = yaml.safe_load(handle)
     if isinstance(spec, dict) and "model" in spec and isinstance(spec["model"], dict):
-        spec = spec["model"].get("init_args", spec["model"]).get("tokenizer", spec)
+        spec = spec["model"].get("init_args", spec["model"]).get(part, spec)
     if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ValueError(f"{config_path}: expected {{class_path: ..., init_args: {{...}}}} for the tokenizer")
+        raise ValueError(f"{config_path}: expected {{class_path: ..., init_args: {{...}}}} for the {part}")
     module_name, _, class_name = spec["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return load_frozen_tokenizer(cls(**(spec.get("init_args") or {})), ckpt)
+    return cls(**(spec.get("init_args") or {}))
+
+
+def build_tokenizer(config_path: str, ckpt: str | None) -> torch.nn.Module:
+    """The tokenizer of `config_path` (see `build_part`) with frozen weights from `ckpt`."""
+    return load_frozen_tokenizer(build_part(config_path, "tokenizer"), ckpt)
+
+
+class TextStates:
+    """Task-tagged caption states for the records: the encoder's, plus the empty caption's (encoded once)."""
+
+    def __init__(self, encoder: torch.nn.Module, task: str) -> None:
+        self.encoder, self.task = encoder, task
+        self.null = encoder.encode([""], task)[0]
+
+    def fields(self, captions: list[str]) -> list[dict]:
+        states = self.encoder.encode(captions, self.task)
+        return [encode_text_fields(s, self.null, self.task) for s in states]
 
 
 def _records(url: str, skipped: list[int]):
@@ -73,43 +102,52 @@ def _encode(tokenizer, pixels: list[torch.Tensor], device: torch.device, autocas
 
 def tokenize_shard(
     url: str, out_path: Path, tokenizer, spec: SampleSpec, batch_size: int, num_rounds: int, device, autocast: bool,
-    progress=None,
+    progress=None, text: TextStates | None = None,
 ) -> dict:  # fmt: skip
-    """Tokenize one media shard into `out_path` (written as .tmp, renamed at the end). Returns counts."""
+    """Tokenize one media shard into `out_path` (written as .tmp, renamed at the end). Returns counts.
+
+    With aspect-ratio buckets images of one bucket are encoded together (one tensor shape per tokenizer call)."""
     import webdataset as wds
 
     tmp = out_path.with_name(out_path.name + ".tmp")
     skipped = [0]
     written = 0
-    pending: list[dict] = []
+    pending: dict[tuple, list[dict]] = {}  # by pixel shape (one bucket each)
 
-    def flush(writer) -> None:
+    def flush(writer, group: list[dict]) -> None:
         nonlocal written
-        if not pending:
+        if not group:
             return
-        labels, flipped = _encode(tokenizer, [s["pixels"] for s in pending], device, autocast)
-        for sample, lab, flab in zip(pending, labels, flipped):
-            record = {"__key__": sample["key"], **encode_token_record(lab, num_rounds, flipped=flab)}
+        labels, flipped = _encode(tokenizer, [s["pixels"] for s in group], device, autocast)
+        states = text.fields([s["caption"] for s in group]) if text is not None else [{}] * len(group)
+        for sample, lab, flab, text_fields in zip(group, labels, flipped, states):
+            record = {"__key__": sample["key"], **encode_token_record(lab, num_rounds, flipped=flab), **text_fields}
+            if spec.pixel_budget is not None:
+                record["tokens.json"]["aspect_ratio"] = sample["aspect_ratio"]  # the bucket's template h/w
             if sample["cls"] >= 0:
                 record["cls"] = str(sample["cls"])
             if sample["caption"]:
                 record["json"] = {"caption": sample["caption"]}
             writer.write(record)
-        written += len(pending)
+        written += len(group)
         if progress is not None:
-            progress.update(len(pending))
-        pending.clear()
+            progress.update(len(group))
+        group.clear()
 
     with wds.TarWriter(str(tmp)) as writer:
         for record in _records(url, skipped):
             try:
-                pending.append(decode_record(record, spec, rng=None))
+                sample = decode_record(record, spec, rng=None)
             except (MediaDecodeError, OSError, ValueError) as err:
                 skipped[0] += 1
                 print(f"warning: skipping {record.get('__key__')}: {err}", file=sys.stderr)
-            if len(pending) >= batch_size:
-                flush(writer)
-        flush(writer)
+                continue
+            group = pending.setdefault(tuple(sample["pixels"].shape), [])
+            group.append(sample)
+            if len(group) >= batch_size:
+                flush(writer, group)
+        for group in pending.values():
+            flush(writer, group)
     os.replace(tmp, out_path)
     return {"shard": str(out_path), "records": written, "skipped": skipped[0]}
 
@@ -123,6 +161,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tokenizer-config", required=True, help="YAML/JSON {class_path, init_args} of the tokenizer")
     parser.add_argument("--tokenizer-ckpt", default=None, help="tokenizer weights (EMA preferred); omit only in tests")
     parser.add_argument("--resolution", type=int, default=256, help="ADM centre-crop side (as in training)")
+    parser.add_argument("--pixel-budget", default=None, choices=sorted(PIXEL_BUDGETS),
+                        help="aspect-ratio buckets under this budget instead of the square crop (T2I shards)")
+    parser.add_argument("--text-encoder-config", default=None,
+                        help="YAML/JSON {class_path, init_args} of the text encoder (or a T2X config): cache its states")
+    parser.add_argument("--text-task", default="t2i", choices=["t2i", "t2v", "i2v"], help="task tag of the cached states")
     parser.add_argument("--num-rounds", type=int, default=None, help="HBQ rounds M (default: tokenizer.num_rounds)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per tokenizer call (flips double it)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -152,7 +195,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     num_rounds = args.num_rounds or int(getattr(tokenizer, "num_rounds", 0) or 0)
     if num_rounds < 1:
         parser.error("--num-rounds is required: the tokenizer does not report num_rounds")
-    spec = SampleSpec(kind="image", resolution=args.resolution, random_flip=False)
+    spec = SampleSpec(kind="image", resolution=args.resolution, pixel_budget=args.pixel_budget, random_flip=False)
+    text = None
+    if args.text_encoder_config is not None:
+        text = TextStates(build_part(args.text_encoder_config, "text_encoder").to(device), args.text_task)
 
     todo = [u for u in urls if not (out_dir / Path(u).name).exists()]
     print(f"{len(urls)} shards, {len(urls) - len(todo)} already complete, {len(todo)} to tokenize", file=sys.stderr)
@@ -162,7 +208,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tqdm(desc="tokenizing", unit="img", disable=args.no_progress) as bar:
         for url in todo:
             result = tokenize_shard(
-                url, out_dir / Path(url).name, tokenizer, spec, args.batch_size, num_rounds, device, args.bf16, bar
+                url, out_dir / Path(url).name, tokenizer, spec, args.batch_size, num_rounds, device, args.bf16, bar,
+                text=text,
             )
             results.append(result)
             print(json.dumps(result), file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Record fields: an image (jpg/jpeg/png/webp) or a video (mp4/...), optional `cls` (class id as text),
 optional `json` (caption and metadata; may also carry "cls"), or a token record (`tokens.npy`,
-`tokens.json`, optional `tokens_flip.npy`). A bad record raises `MediaDecodeError`.
+`tokens.json`, optional `tokens_flip.npy`, optional cached text states `text.npy`, `null_text.npy`, `text.json`).
+A bad record raises `MediaDecodeError`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from grn_lightning.data.media import (
     resize_cover_crop_frames,
     resize_cover_crop_image,
 )
+from grn_lightning.data.text_states import collate_text, decode_text_fields
 from grn_lightning.data.tokens import decode_token_record
 
 KINDS = ("image", "video", "tokens")
@@ -61,7 +63,7 @@ class SampleSpec:
         if self.kind == "tokens":
             if token_shape is None:
                 raise ValueError("padding a token stream needs the token shape")
-            body = {"tokens": torch.zeros(token_shape, dtype=torch.int64)}
+            body = {"tokens": torch.zeros(token_shape, dtype=torch.uint8)}
         else:
             frames = 1 if self.kind == "image" else self.clip.num_frames
             body = {"pixels": torch.zeros(3, frames, self.resolution, self.resolution, dtype=torch.uint8)}
@@ -108,7 +110,7 @@ def decode_record(record: dict, spec: SampleSpec, rng: random.Random | None) -> 
         # the bucket's template ratio h/w (3D RoPE canvas, SPEC §5); shards without it hold square crops or grids
         # whose nearest template is their bucket
         ratio = meta.get("aspect_ratio") or nearest_aspect_ratio(tokens.shape[-2], tokens.shape[-1])
-        body = {"tokens": tokens, "aspect_ratio": float(ratio)}
+        body = {"tokens": tokens, "aspect_ratio": float(ratio), **(decode_text_fields(record) or {})}
     elif spec.kind == "image":
         data = _field(record, IMAGE_EXTENSIONS)
         if data is None:
@@ -152,4 +154,5 @@ def collate(samples: list[dict]) -> dict:
         # the bucket's template h/w per sample (T2X 3D RoPE canvas, SPEC §5); a list, so it stays on the host
         "aspect_ratio": [float(s.get("aspect_ratio", 1.0)) for s in samples],
         "num_skipped": torch.tensor(sum(s.get("num_skipped", 0) for s in samples), dtype=torch.int64),
+        **collate_text(samples),  # cached text-encoder states of token records (data/text_states.py)
     }

@@ -23,10 +23,12 @@ def index_labels_to_bitplanes(labels: np.ndarray, num_rounds: int) -> np.ndarray
 
 
 def bitplanes_to_index_labels(planes: np.ndarray) -> np.ndarray:
-    """uint8 bit planes [M, ...] -> int64 index labels [...]."""
+    """uint8 bit planes [M, ...] -> index labels [...] in the smallest dtype that holds 2^M values (uint8 for M <= 8):
+    an eighth of the int64 bytes to pin and copy to the device every step."""
     num_rounds = planes.shape[0]
+    dtype = np.uint8 if num_rounds <= 8 else np.int64
     weights = (1 << np.arange(num_rounds - 1, -1, -1)).reshape((num_rounds,) + (1,) * (planes.ndim - 1))
-    return (planes.astype(np.int64) * weights).sum(axis=0)
+    return (planes.astype(dtype) * weights.astype(dtype)).sum(axis=0, dtype=dtype)
 
 
 def encode_token_record(labels: np.ndarray, num_rounds: int, flipped: np.ndarray | None = None) -> dict[str, Any]:
@@ -46,7 +48,7 @@ def encode_token_record(labels: np.ndarray, num_rounds: int, flipped: np.ndarray
 
 
 def decode_token_record(packed: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Inverse of `encode_token_record` for one of its arrays: int64 index labels [C, T, h, w]."""
+    """Inverse of `encode_token_record` for one of its arrays: index labels [C, T, h, w] (uint8 for M <= 8)."""
     if meta.get("layout") != TOKEN_LAYOUT:
         raise ValueError(f"unknown token layout {meta.get('layout')!r}; this version reads {TOKEN_LAYOUT!r}")
     shape = tuple(meta["shape"])
