@@ -10,8 +10,9 @@ MFU with the one FLOP counter (grn_lightning/training/flops.py, SPEC §11): bloc
 in-context), embedding and head on 256, adaLN and the ratio MLP once per image, attention 12·depth·width·288² per
 image; peak `--peak-tflops` (default 790: the H200's measured dense bf16 matmul rate), stated in the output.
 Before 2026-12-05 this script counted 6·(all parameters)·288 per image with a 760 peak, which overstated
-GRN-B's FLOPs 1.5× (BENCHMARKS.md). `--data shards` reads token shards through GRNDataModule (loader workers
-included) instead of repeating one batch. One JSON line per size on stdout.
+GRN-B's FLOPs 1.5× (BENCHMARKS.md). `--data shards` reads synthetic token shards of the real geometry through
+GRNDataModule (loader workers, random flips, pinned copies) instead of repeating one batch on the device.
+One JSON line per size on stdout.
 """
 
 from __future__ import annotations
@@ -85,8 +86,26 @@ class KernelProfile(L.Callback):
             self.prof = None
 
 
+def _shard_data(module, batch: int, workers: int, work: str | None):
+    """GRNDataModule over synthetic token shards of the real geometry (benchmarks/synthetic_shards.py)."""
+    import os
+    import tempfile
+
+    from synthetic_shards import write_token_shards
+
+    from grn_lightning.data.datamodule import GRNDataModule
+
+    hp = module.hparams
+    folder = os.path.join(work or tempfile.mkdtemp(prefix="c2i_bench_"), "tokens")
+    pattern = write_token_shards(folder, max(8 * batch, 512), 8, hp.channels, hp.rounds, (hp.grid_size, hp.grid_size),
+                                 num_classes=1000)  # fmt: skip
+    return GRNDataModule(kind="tokens", train_shards=pattern, batch_size=batch, num_workers=workers,
+                         shuffle_buffer=256, random_flip=True)  # fmt: skip
+
+
 def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warmup: int, ac: bool, device: str,
-        profile: bool = False, peak_tflops: float = PEAK_TFLOPS) -> dict:
+        profile: bool = False, peak_tflops: float = PEAK_TFLOPS, data: str = "repeat", workers: int = 8,
+        work: str | None = None) -> dict:
     from grn_lightning.generator.c2i.module import C2IModule
     from grn_lightning.training.flops import c2i_step_flops
 
@@ -98,21 +117,25 @@ def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warm
     model = module.model
     params = sum(p.numel() for p in model.parameters())
     seq = model.num_tokens + model.in_context_tokens
-    data = torch.utils.data.DataLoader(
-        RepeatedTokens(batch, module.hparams.channels, module.hparams.rounds, module.hparams.grid_size, 1000),
-        batch_size=None, pin_memory=True,
-    )  # fmt: skip
+    if data == "shards":
+        loader, datamodule = None, _shard_data(module, batch, workers, work)
+    else:
+        datamodule = None
+        loader = torch.utils.data.DataLoader(
+            RepeatedTokens(batch, module.hparams.channels, module.hparams.rounds, module.hparams.grid_size, 1000),
+            batch_size=None, pin_memory=True,
+        )  # fmt: skip
     timer = StepTimer(warmup)
     trainer = L.Trainer(
         accelerator=device, devices=1, precision="bf16-mixed", max_steps=warmup + steps, gradient_clip_val=0.1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[timer] + ([KernelProfile(warmup)] if profile else []), log_every_n_steps=50,
     )  # fmt: skip
-    trainer.fit(module, data)
+    trainer.fit(module, loader, datamodule=datamodule)
     step_s = timer.elapsed / steps
     flops = c2i_step_flops(model, batch).total
     return {
-        "benchmark": "c2i_train_step", "size": size, "variant": variant, "batch": batch, "compile": compile_mode,
+        "benchmark": "c2i_train_step", "data": data, "workers": workers if data == "shards" else None, "size": size, "variant": variant, "batch": batch, "compile": compile_mode,
         "activation_checkpointing": ac, "precision": "bf16-mixed", "params": params, "seq_len": seq,
         "step_ms": round(step_s * 1e3, 2), "images_per_s": round(batch / step_s, 1),
         "tflops_per_s": round(flops / step_s / 1e12, 1), "mfu": round(flops / step_s / (peak_tflops * 1e12), 4),
@@ -134,6 +157,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="top GPU kernels of 3 steps to stderr (slows them)")
     parser.add_argument("--device", default="gpu", choices=["gpu", "cpu"], help="cpu: a smoke run of the script")
     parser.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS, help="dense bf16 peak of the device")
+    parser.add_argument("--data", default="repeat", choices=["repeat", "shards"],
+                        help="one batch repeated, or synthetic token shards through GRNDataModule (loader workers)")
+    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers with --data shards")
+    parser.add_argument("--work", default=None, help="folder for the synthetic shards (default: a temporary one)")
     args = parser.parse_args()
     if args.device == "gpu" and not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (or --device cpu for a smoke run)")
@@ -143,7 +170,8 @@ def main() -> None:
         parser.error("--batch needs one value per --sizes entry")
     for size, batch in zip(args.sizes, batches):
         print(json.dumps(run(size, batch, args.variant, args.compile, args.steps, args.warmup,
-                             args.activation_checkpointing, args.device, args.profile, args.peak_tflops)), flush=True)  # fmt: skip
+                             args.activation_checkpointing, args.device, args.profile, args.peak_tflops, args.data,
+                             args.workers, args.work)), flush=True)  # fmt: skip
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

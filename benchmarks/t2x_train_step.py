@@ -1,51 +1,84 @@
 #!/usr/bin/env python
-"""T2I training throughput and MFU through the real `T2XModule.training_step` (Lightning Trainer, bf16-mixed).
+"""T2I training throughput and MFU through the real data path and `T2XModule.training_step` (Lightning, bf16-mixed).
 
-    python benchmarks/t2x_train_step.py                          # GRN2b, one 40,960-token row of 512² images
-    python benchmarks/t2x_train_step.py --size GRN0b --batch 8 --budget 8192 --device cpu --steps 2 --warmup 1
+    python benchmarks/t2x_train_step.py                          # GRN2b, token shards with cached text, 8 workers
+    python benchmarks/t2x_train_step.py --data media             # on the fly: JPEG shards, VAE encode, umT5-XXL
+    python benchmarks/t2x_train_step.py --size tiny --batch 4 --grid 8 --budget 8192 --device cpu --steps 1 \
+        --warmup 1 --compile none --attention sdpa --encoders tiny --workers 1     # CPU smoke run
 
-Token batches are synthetic bit labels of the release geometry (C = 64, M = 4, 32×32 tokens = a 1:1 0.25M-pixel
-image) with captions of 60–400 bytes; the step is the module's own: host-side corruption and packing into one row
-padded to the budget, forward with flex_attention over the block-diagonal mask, packed loss, backward, clip 0.1,
-AdamW, EMA. The text encoder is a one-layer random umT5 of the XXL width (4096): its cost is NOT the umT5-XXL's and
-is not counted. MFU with the one FLOP counter (grn_lightning/training/flops.py, SPEC §11) over the real tokens:
-blocks, state embedding and head per token, text projection per text token, ratio MLP per sample, attention
-12·depth·width·Σ n_s² inside each sample; peak `--peak-tflops` (790, H200). One JSON line on stdout.
+Both paths read shards through `GRNDataModule` (loader workers, pinned copies), written first by
+benchmarks/synthetic_shards.py in `--work` (random contents, real sizes):
+- `shards`: token shards of 32×32 latents (C = 64, M = 4: one 1:1 0.25M-pixel image) with cached umT5 states of
+  60–400 tokens × 4096 (bf16), the output of tools/tokenize_shards.py --text-encoder-config; no encoder runs.
+- `media`: 512² JPEGs with captions of 15–90 words; the step runs the released-size C = 64 HBQ tokenizer's encoder
+  and a random-initialised umT5-XXL of the true structure (24 layers, 4096 wide, bf16; byte-level tokenizer, so a
+  caption is as many tokens as bytes) on every step. Their time is in the step, their FLOPs are not counted.
+The step is the module's own: host plan + device corruption and packing into one row padded to the budget, forward
+with flex_attention over the block-diagonal mask, packed loss, backward, clip 0.1, AdamW, EMA. MFU with the one
+FLOP counter (grn_lightning/training/flops.py, SPEC §11) over the real tokens of the generator; peak
+`--peak-tflops` (790, H200). One JSON line on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
+import os
+import tempfile
 
 import grn_lightning  # noqa: F401  (torchvision compatibility before lightning)
 import lightning as L
 import torch
-from c2i_train_step import PEAK_TFLOPS, RepeatedTokens, StepTimer
+from c2i_train_step import PEAK_TFLOPS, StepTimer
+from synthetic_shards import write_image_shards, write_token_shards
+
+UMT5_XXL = {"d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "vocab_size": 256384,
+            "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128}  # fmt: skip
+UMT5_TINY = {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 1, "num_heads": 4, "vocab_size": 384}
 
 
-class CaptionedTokens(RepeatedTokens):
-    """RepeatedTokens plus fixed random captions of 60-400 characters (ByT5 bytes: as many text tokens)."""
+def _encoders(args: argparse.Namespace):
+    """(tokenizer, text encoder) of the on-the-fly path, built on the device (a 5.7B umT5 initialises in seconds
+    there, in minutes on the host)."""
+    from grn_lightning.generator.t2x.text import UMT5TextEncoder
+    from grn_lightning.tokenizer.vae import HBQTokenizer
 
-    def __init__(self, batch: int, channels: int, rounds: int, grid: int, seed: int = 0) -> None:
-        super().__init__(batch, channels, rounds, grid, num_classes=1, seed=seed)
-        rng = random.Random(seed)
-        self.item["caption"] = ["".join(rng.choice("abcdefgh ") for _ in range(rng.randint(60, 400))) for _ in range(batch)]
+    full = args.encoders == "full"
+    device = torch.device("cuda" if args.device == "gpu" else "cpu")
+    with device:
+        tokenizer = HBQTokenizer(latent_channels=64, num_rounds=4, preset="released" if full else "tiny")
+        text = UMT5TextEncoder(random_init=UMT5_XXL if full else UMT5_TINY, max_length=512, dtype="bfloat16",
+                               cache_size=0)  # fmt: skip  (unique captions: a cache only adds copies)
+    return tokenizer, text
 
 
 def run(args: argparse.Namespace) -> dict:
+    from grn_lightning.data.datamodule import GRNDataModule
     from grn_lightning.generator.t2x.module import T2XModule
-    from grn_lightning.generator.t2x.text import UMT5TextEncoder
     from grn_lightning.training.flops import t2x_step_flops
 
     torch.set_float32_matmul_precision("high")
-    text = UMT5TextEncoder(random_init={"d_model": 4096, "d_kv": 64, "d_ff": 256, "num_layers": 1, "num_heads": 4,
-                                        "vocab_size": 384}, max_length=512, dtype="bfloat16")  # fmt: skip
-    module = T2XModule(size=args.size, variant="bit", channels=64, rounds=4, text_encoder=text, text_dim=4096,
-                       attention=args.attention, token_budget=args.budget, pad_to_budget=True, caption_dropout=0.0,
-                       compile=args.compile, activation_checkpointing=args.activation_checkpointing)  # fmt: skip
-    data = CaptionedTokens(args.batch, 64, 4, args.grid)
+    work = args.work or tempfile.mkdtemp(prefix="t2x_bench_")
+    records = max(4 * args.batch, 64)
+    tokenizer = text = None
+    if args.data == "shards":
+        pattern = write_token_shards(os.path.join(work, "tokens"), records, 8, 64, 4, (args.grid, args.grid),
+                                     text_width=args.text_width)  # fmt: skip
+        data = GRNDataModule(kind="tokens", train_shards=pattern, batch_size=args.batch, num_workers=args.workers,
+                             shuffle_buffer=64, random_flip=True)  # fmt: skip
+        text_dim = args.text_width
+    else:
+        pattern = write_image_shards(os.path.join(work, "media"), records, 8, (16 * args.grid, 16 * args.grid))
+        budget = {16: "0.06M", 32: "0.25M", 40: "0.41M", 64: "1M"}[args.grid]
+        data = GRNDataModule(kind="image", train_shards=pattern, pixel_budget=budget, batch_size=args.batch,
+                             num_workers=args.workers, shuffle_buffer=64)  # fmt: skip
+        tokenizer, text = _encoders(args)
+        text_dim = text.width
+    module = T2XModule(size=args.size, variant="bit", channels=64, rounds=4, tokenizer=tokenizer, text_encoder=text,
+                       text_dim=text_dim, attention=args.attention, token_budget=args.budget, pad_to_budget=True,
+                       max_rows=1, caption_dropout=0.1, compile=args.compile,
+                       activation_checkpointing=args.activation_checkpointing)  # fmt: skip
     seen = {}
 
     class Tokens(L.Callback):  # real (unpadded) tokens per sample and text tokens, from the module's own packing
@@ -60,20 +93,21 @@ def run(args: argparse.Namespace) -> dict:
     trainer = L.Trainer(
         accelerator=args.device, devices=1, precision="bf16-mixed", max_steps=args.warmup + args.steps,
         gradient_clip_val=0.1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[Tokens(), timer],
+        enable_model_summary=False, callbacks=[Tokens(), timer], log_every_n_steps=50,
     )  # fmt: skip
-    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=None))
+    trainer.fit(module, datamodule=data)
     step_s = timer.elapsed / args.steps
     params = sum(p.numel() for p in module.model.parameters())
     flops = t2x_step_flops(module.model, seen["lengths"], seen["text"]).total
-    seen["tokens"] = sum(seen["lengths"])
+    tokens = sum(seen["lengths"])
     gpu = args.device == "gpu"
     return {
-        "benchmark": "t2x_train_step", "size": args.size, "images": args.batch, "budget": args.budget,
-        "rows": seen["rows"], "real_tokens": seen["tokens"], "dropped": seen["dropped"], "attention": args.attention,
+        "benchmark": "t2x_train_step", "data": args.data, "encoders": args.encoders if args.data == "media" else None,
+        "workers": args.workers, "size": args.size, "images": args.batch, "budget": args.budget, "rows": seen["rows"],
+        "real_tokens": tokens, "text_tokens": seen["text"], "dropped": seen["dropped"], "attention": args.attention,
         "compile": args.compile, "activation_checkpointing": args.activation_checkpointing, "params": params,
         "step_ms": round(step_s * 1e3, 1), "images_per_s": round(args.batch / step_s, 1),
-        "tokens_per_s": round(seen["tokens"] / step_s), "tflops_per_s": round(flops / step_s / 1e12, 1),
+        "tokens_per_s": round(tokens / step_s), "tflops_per_s": round(flops / step_s / 1e12, 1),
         "mfu": round(flops / step_s / (args.peak_tflops * 1e12), 4), "peak_tflops": args.peak_tflops,
         "flop_counter": "grn_lightning.training.flops (SPEC §11)", "torch": torch.__version__,
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
@@ -83,10 +117,17 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="shards", choices=["shards", "media"],
+                        help="token shards with cached text, or media shards encoded on the fly")
+    parser.add_argument("--encoders", default="full", choices=["full", "tiny"],
+                        help="media: released-size VAE + umT5-XXL structure, or tiny ones (CPU smoke runs)")
     parser.add_argument("--size", default="GRN2b")
     parser.add_argument("--batch", type=int, default=32, help="images per step (one packed row at the default budget)")
     parser.add_argument("--grid", type=int, default=32, help="latent side (32 = 512² pixels)")
     parser.add_argument("--budget", type=int, default=40960, help="tokens per packed row")
+    parser.add_argument("--text-width", type=int, default=4096, help="width of the cached text states (umT5-XXL)")
+    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers")
+    parser.add_argument("--work", default=None, help="folder for the synthetic shards (default: a temporary one)")
     parser.add_argument("--attention", default="flex", choices=["flex", "sdpa"])
     parser.add_argument("--compile", default="block", choices=["none", "block"])
     parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True)
