@@ -58,7 +58,10 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
 
             fsdp1 = mode.startswith("fsdp1")
             sharded = [None] if fsdp1 else [is_sharded(pl_module.model), is_sharded(pl_module.ema)]
-            torch.save({"state": state, "step": trainer.global_step, "sharded": sharded}, path)
+            encoder = getattr(pl_module, "text_encoder", None)
+            encoder_sharded = None if encoder is None or fsdp1 else is_sharded(encoder)
+            torch.save({"state": state, "step": trainer.global_step, "sharded": sharded,
+                        "encoder_sharded": encoder_sharded}, path)  # fmt: skip
 
         def on_train_start(self, trainer, pl_module) -> None:
             self._dump(trainer, pl_module, "start")
@@ -72,7 +75,9 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
     data = [{"tokens": tokens[i : i + 4], "cls": torch.arange(4) % 3, "valid": torch.ones(4, dtype=torch.bool),
              "caption": ["a cat", "a dog", "", "a long caption about a bird"]} for i in range(0, 16, 4)]  # fmt: skip
     loader = torch.utils.data.DataLoader(data, batch_size=None)
-    if mode == "fsdp2_t2x":  # the T2I module shares the sharding, EMA and checkpoint code (generator/module.py)
+    # "..._bf16" and the 1-GPU FSDP2 modes run the default bf16 MixedPrecisionPolicy (configs H/G and T2X)
+    bf16 = "bf16" in mode or mode.startswith("fsdp2") and mode.endswith("gpu1")
+    if "t2x" in mode:  # the T2I module shares the sharding, EMA and checkpoint code (generator/module.py)
         from grn_lightning.generator.t2x.module import T2XModule
         from grn_lightning.generator.t2x.text import UMT5TextEncoder
 
@@ -80,20 +85,23 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
         module = T2XModule(
             size="tiny", variant="bit", channels=4, rounds=4, text_dim=32, token_budget=256, pad_multiple=16,
             text_encoder=UMT5TextEncoder(random_init=text, max_length=32, dtype="float32"), caption_dropout=0.0,
-            lr=1e-3, warmup_steps=0, ema_decay=0.5, activation_checkpointing=True, fsdp_bf16_params=False,
+            lr=1e-3, warmup_steps=0, ema_decay=0.5, activation_checkpointing=True, fsdp_bf16_params=bf16,
         )  # fmt: skip
     else:
         module = C2IModule(
             size="tiny", variant="ind", channels=4, rounds=4, num_classes=3, grid_size=4, in_context_tokens=4,
-            lr=1e-3, ema_decay=0.5, activation_checkpointing=(mode == "fsdp2"), fsdp_bf16_params=False,
+            lr=1e-3, ema_decay=0.5, activation_checkpointing=(mode == "fsdp2"), fsdp_bf16_params=bf16,
         )  # fmt: skip
     accelerator, precision = "cpu", "32-true"
     if mode.startswith("fsdp2"):
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         # "fsdp2": sharded (distributed) checkpoint directory; "fsdp2_full": one consolidated file from rank 0.
-        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
+        one_gpu = mode.endswith("gpu1")  # world size 1 on a GPU: still DTensors, a sharded checkpoint, bf16 compute
+        strategy = ModelParallelStrategy(data_parallel_size=1 if one_gpu else 2, tensor_parallel_size=1,
                                          save_distributed_checkpoint=(mode != "fsdp2_full"))  # fmt: skip
+        if one_gpu:
+            accelerator, precision = "gpu", "bf16-mixed"
     elif mode.startswith("fsdp1_gpu"):
         # GPU only: Lightning FSDPStrategy (FSDP1) with the wrap policy of configs/c2i_fsdp1.yaml.
         from lightning.pytorch.strategies import FSDPStrategy
@@ -109,7 +117,7 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
         strategy = "ddp"
     ckpt = os.path.join(out_dir, f"{mode}.ckpt")
     trainer = L.Trainer(
-        accelerator=accelerator, devices=1 if mode == "fsdp1_gpu1" else 2, strategy=strategy, precision=precision,
+        accelerator=accelerator, devices=1 if mode.endswith("gpu1") else 2, strategy=strategy, precision=precision,
         max_steps=STEPS * (2 if phase == "resume" else 1),
         gradient_clip_val=0.1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[Snapshot()], default_root_dir=out_dir, log_every_n_steps=1,
@@ -140,6 +148,8 @@ def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
     final = [torch.load(os.path.join(out, f"{mode}-resume-end-rank{r}.pt")) for r in (0, 1)]
     assert saved[0]["sharded"] == restored[1]["sharded"] == [mode.startswith("fsdp2")] * 2  # raw + EMA DTensors
     assert saved[0]["step"] == STEPS and restored[0]["step"] == STEPS and final[0]["step"] == 2 * STEPS
+    if "t2x" in mode:  # the frozen umT5 is sharded over the ranks too (FSDP2), and the runs did not hang on it
+        assert saved[0]["encoder_sharded"] is restored[1]["encoder_sharded"] is True
     for name, value in saved[0]["state"].items():
         assert torch.equal(saved[1]["state"][name], value), f"ranks disagree on {name}"
         assert torch.equal(restored[0]["state"][name], value), f"{name} not restored exactly"
@@ -159,6 +169,36 @@ def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
         load_lightning_checkpoint(plain, os.path.join(out, f"{mode}.ckpt"))
         for name, p in plain.ema.named_parameters():
             assert torch.equal(p, saved[0]["state"][f"ema.{name}"]), name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("mode", ["fsdp2_bf16", "fsdp2_t2x_bf16"])
+def test_two_process_fsdp2_bf16_mixed_precision_resumes_exactly(tmp_path, mode):
+    """The default FSDP2 policy of the H/G and T2X configs (bf16 parameters gathered over gloo, fp32 reduction and
+    master weights); T2X also shards its frozen text encoder. The fp32 masters and EMA are restored exactly."""
+    test_two_process_training_and_resume_keeps_ema(tmp_path, mode)
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["fsdp2_gpu1", "fsdp2_t2x_gpu1"])
+def test_fsdp2_one_gpu_bf16_sharded_checkpoint_resume_keeps_raw_and_ema(tmp_path, mode):
+    """FSDP2 (ModelParallelStrategy, world size 1) with bf16 parameters and bf16-mixed on one GPU: sharded
+    checkpoint, resume, raw and EMA weights restored exactly, EMA still moving after the resume."""
+    out = str(tmp_path)
+    _run(mode, "first", out)
+    _run(mode, "resume", out)
+    saved = torch.load(os.path.join(out, f"{mode}-first-end-rank0.pt"))
+    restored = torch.load(os.path.join(out, f"{mode}-resume-start-rank0.pt"))
+    final = torch.load(os.path.join(out, f"{mode}-resume-end-rank0.pt"))
+    assert saved["sharded"] == restored["sharded"] == [True, True]
+    assert saved["step"] == STEPS and restored["step"] == STEPS and final["step"] == 2 * STEPS
+    for name, value in saved["state"].items():
+        assert torch.equal(restored["state"][name], value), f"{name} not restored exactly"
+    ema = next(k for k in saved["state"] if k.startswith("ema.blocks.0.attn.") and k.endswith("weight"))
+    assert not torch.equal(final["state"][ema], saved["state"][ema])
 
 
 @pytest.mark.gpu

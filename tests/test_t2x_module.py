@@ -272,3 +272,30 @@ def test_tall_and_wide_buckets_train_with_their_template_ratio(carried):
         span_h, span_w = (225, 75) if ratio == 3.0 else (75, 225)  # SPEC §5: canvas 225·75 at ratio 3
         assert rows.max() == round((h - 1) * span_h / h) and cols.max() == round((w - 1) * span_w / w)
         assert torch.isfinite(module.training_step(batch, 0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_gpu_training_step_from_cached_text_never_syncs(attention):
+    """From a token batch with cached text states (already on the GPU, as the data module delivers it), the whole
+    step (plan, corruption, packing, block mask, forward, packed loss, logging, backward) runs without a single
+    host-device synchronisation: CUDA's sync debug mode turns any into an error."""
+    module = tiny_module(text_encoder=None, attention=attention, pad_to_budget=True, max_rows=1,
+                         caption_dropout=0.5).cuda()  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 9, 3, 12]
+    batch = {"tokens": video_tokens(frames=1, batch=4).to(torch.uint8).cuda(), "caption": list(CAPTIONS),
+             "valid": torch.ones(4, dtype=torch.bool).cuda(), "aspect_ratio": [1.0] * 4,
+             "text": torch.randn(sum(lengths), TEXT["d_model"], generator=g).bfloat16().cuda(), "text_lengths": lengths,
+             "null_text": torch.randn(8, TEXT["d_model"], generator=g).bfloat16().cuda(), "null_text_lengths": [2] * 4,
+             "text_task": ["t2i"] * 4}  # fmt: skip
+    module.training_step(batch, 0)  # warm-up: lazy CUDA initialisation, flex kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = module.training_step(batch, 1)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item()

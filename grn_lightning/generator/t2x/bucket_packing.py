@@ -199,12 +199,10 @@ def pack_bucket(
     packed_state = torch.where(is_visual[:, None], state.reshape(ns * visual, g)[gather], 0)
     predicted = is_visual & ~clean.reshape(-1)[gather]
     packed_labels = torch.where(predicted[:, None], labels.reshape(ns * visual, g)[gather], 0)
-    grid_pos = plan.templates[plan.template[sid_c], source]  # [B·L, 3]
-    text_pos = torch.stack([local - visual, torch.zeros_like(local), torch.zeros_like(local)], -1)
-    ratio_pos = torch.tensor([RATIO_TIME, 0, 0], device=device)
-    positions = torch.where(is_visual[:, None], grid_pos.long(), 0)
-    positions = torch.where(is_text[:, None], text_pos, positions)
-    positions = torch.where(is_ratio[:, None], ratio_pos, positions)
+    grid_pos = plan.templates[plan.template[sid_c], source].long()  # [B·L, 3]
+    # text token k at (k, 0, 0), the ratio token at (512, 0, 0); Python scalars, so nothing is copied to the device
+    time = torch.where(is_text, local - visual, torch.where(is_ratio, RATIO_TIME, 0))
+    positions = torch.where(is_visual[:, None], grid_pos, torch.stack([time, time * 0, time * 0], -1))
     return PackedBatch(
         state=packed_state.view(b, length, g),
         text=texts.index_select(0, plan.text_select),

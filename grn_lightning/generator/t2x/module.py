@@ -162,6 +162,17 @@ class T2XModule(GeneratorModule):
         object.__setattr__(self, "tokenizer", None if tokenizer is None else load_frozen_tokenizer(tokenizer, tokenizer_ckpt))
         object.__setattr__(self, "text_encoder", None if text_encoder is None else freeze(text_encoder))
 
+    def configure_model(self) -> None:
+        """The transformer and its EMA as `GeneratorModule` wraps them; under FSDP2 the frozen umT5 is sharded too (an
+        XXL encoder on every rank in full would take ≈ 11 GB of each GPU)."""
+        sharded_before = parallelize.is_sharded(self.model)
+        super().configure_model()
+        encoder = self.text_encoder
+        if sharded_before or self._device_mesh is None or encoder is None or not hasattr(encoder, "shard"):
+            return
+        self._frozen_on_device(encoder)
+        encoder.shard(parallelize.data_parallel_mesh(self._device_mesh))
+
     # -- inputs -------------------------------------------------------------------------------------------
     def _require_text_encoder(self) -> nn.Module:
         if self.text_encoder is None:

@@ -169,6 +169,16 @@ class UMT5TextEncoder(nn.Module):
         # Copies: a caller editing a returned tensor in place must not corrupt the cache or another caption.
         return [found[text].to(device, copy=True) for text in tagged]
 
+    def shard(self, mesh) -> None:
+        """Shard the encoder's weights over a data-parallel FSDP2 mesh (`parallelize.shard_frozen_encoder`). The
+        caption cache is switched off: a rank whose captions all hit the cache would skip the forward, and the
+        other ranks would wait for its all-gathers forever."""
+        from grn_lightning.generator import parallelize
+
+        self.cache_size = 0
+        self.clear_cache()
+        parallelize.shard_frozen_encoder(self.encoder, self.encoder.encoder.block, mesh)
+
     def clear_cache(self) -> None:
         """Drop every cached caption (e.g. after replacing the encoder's weights)."""
         self._cache.clear()
