@@ -63,7 +63,8 @@ class T2XModule(GeneratorModule):
             I2V first frames and decoding samples.
         tokenizer_ckpt: weights for `tokenizer` (None keeps its own weights, e.g. random-initialised in tests).
         text_encoder: frozen text encoder with `width` and `encode(captions, tasks) -> list[[L_i, width]]`
-            (`grn_lightning.generator.t2x.text.UMT5TextEncoder`).
+            (`grn_lightning.generator.t2x.text.UMT5TextEncoder`; sharded under FSDP2). None trains from token shards
+            that carry cached text states (tools/tokenize_shards.py --text-encoder-config); sampling needs it.
         text_dim: width of the text states the transformer projects (umT5-XXL: 4096); must equal the encoder's.
         task: "auto" (images → T2I, videos → T2V or I2V), or force "t2i" / "t2v" / "i2v".
         i2v_probability: with task "auto", the share of video samples trained as I2V (clean first latent frame).
