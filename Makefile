@@ -62,7 +62,7 @@ eval-imagenet: install  ## ImageNet gFID/IS (CKPT, CONFIG, REF_STATS) and/or tok
 	  $(if $(IMAGENET_VAL),--imagenet-val $(IMAGENET_VAL)) $(EVAL_ARGS)
 
 bench-gpu:  ## GPU machine: GPU tests and every benchmark of BENCHMARKS.md (JSON lines under results/)
-	bash benchmarks/run_gpu.sh tests train train_data tokenizer sample t2x
+	bash benchmarks/run_gpu.sh tests train train_data tokenizer sample sampler t2x
 
 clean:  ## remove build products and outputs (keeps .venv and data)
 	rm -rf $(OUT) lightning_logs .pytest_cache build *.egg-info

@@ -3,15 +3,17 @@
 #   bash benchmarks/run_gpu.sh tests      # pytest -m gpu tests/ (bf16/compile, FSDPStrategy 1-GPU resume, T2X flex)
 #   bash benchmarks/run_gpu.sh train      # C2I train-step MFU (GRN-B b256, GRN-L b128, bf16 + compile)
 #   bash benchmarks/run_gpu.sh tokenizer  # full tokenizer train step, bf16 vs fp32, images and 17-frame clips
-#   bash benchmarks/run_gpu.sh sample     # C2I sampling fixed vs adaptive, continuous batching, eval networks
+#   bash benchmarks/run_gpu.sh sample     # C2I sampling fixed vs adaptive, eager vs compiled static slots, eval networks
+#   bash benchmarks/run_gpu.sh sampler    # C2I sampling with CUDA graphs per block; sampler-only rows/s
 #   bash benchmarks/run_gpu.sh t2x        # T2I train step, GRN2b, one 40,960-token row: token shards with cached
 #                                         # text (~2 min), then on the fly (VAE encode + umT5-XXL structure, ~4 min)
 #   bash benchmarks/run_gpu.sh train_data # C2I train-step MFU through GRNDataModule over token shards (8 workers)
 # JSON lines go to $RESULTS/<benchmark>.jsonl (default results/), logs next to them.
 # Durations on one H200 (2026-12-02): tests ~3 min, train ~2.5 min, sample ~2 min, tokenizer ~5 min (the strict-
-# fp32 video row alone ~1.5 min): 'train sample' fit one call; 'tests' and 'tokenizer' one call each.
+# fp32 video row alone ~1.5 min): 'tests' and 'tokenizer' one call each. Since issue 12 (estimates, not yet run):
+# sample ~6 min and sampler ~6 min, one call each.
 set -uo pipefail
-[ $# -gt 0 ] || { echo "usage: run_gpu.sh tests|train|train_data|tokenizer|sample|t2x ..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: run_gpu.sh tests|train|train_data|tokenizer|sample|sampler|t2x ..."; exit 2; }
 RESULTS="${RESULTS:-results}"
 PY="${PYTHON:-python3}"
 mkdir -p "$RESULTS"
@@ -48,10 +50,14 @@ for PART in "$@"; do
     tokenizer)
       bench tokenizer_step benchmarks/tokenizer_step.py --steps 5 --warmup 2 ;;
     sample)
-      bench c2i_sample benchmarks/c2i_sample.py --size B --batch 256 --rounds 2 --steps 50
-      bench sampler_continuous benchmarks/sampler_continuous.py gpu --size B --requests 2048 --slots 256
-      bench sampler_continuous benchmarks/sampler_continuous.py gpu --size B --requests 2048 --slots 256 --compile
+      # GRN-B: forward rows/s eager vs per-block compiled (static shapes); fixed-50 vs adaptive (steps ~20-50) over
+      # 2,048 requests on 256 slots with the VAE decode, eager/dynamic rows vs compiled/static slots (est. ~5 min)
+      bench c2i_sample benchmarks/c2i_sample.py --size B --requests 2048 --slots 256
       bench eval_throughput benchmarks/eval_throughput.py ;;
+    sampler)
+      # the same with CUDA graphs per block, and the sampler-only rows/s of both layouts (est. ~6 min)
+      bench c2i_sample benchmarks/c2i_sample.py --size B --requests 2048 --slots 256 --compile-mode reduce-overhead
+      bench sampler_continuous benchmarks/sampler_continuous.py gpu --size B --requests 1024 --slots 256 --compile ;;
     *) echo "unknown part $PART"; exit 2 ;;
   esac
 done

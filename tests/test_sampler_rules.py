@@ -195,9 +195,42 @@ def test_static_slots_shrink_at_the_tail_and_check_rarely():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_noise_is_the_same_on_cuda():
     keys = noise.request_keys(torch.tensor([1, 2**61 + 7]))
     zeros = torch.zeros(2, dtype=torch.long)
     cpu = noise.uniform(keys, zeros, zeros + 3, noise.KEEP, (256, 16))
     gpu = noise.uniform(keys.cuda(), zeros.cuda(), zeros.cuda() + 3, noise.KEEP, (256, 16))
     assert torch.equal(cpu, gpu.cpu())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_static_shapes_sync_with_the_host_only_at_checkpoints():
+    """On the GPU, a static-shape run synchronises with the host only at its checkpoints (plus reading the results),
+    while the dynamic layout selects rows (a sync) at every call. Counted with torch's sync debug mode."""
+    import warnings
+
+    from grn_lightning.generator.c2i.model import GRNC2ITransformer
+
+    model = GRNC2ITransformer(size="tiny", variant="ind", channels=4, rounds=2, num_classes=10, grid_size=4,
+                              in_context_tokens=2).cuda().eval()  # fmt: skip
+    adaptive = AdaptiveSteps(t0=2, k=100.0, b=-56.0, t_min=3, t_max=9)
+    cls, seeds = torch.arange(24, device="cuda") % 10, torch.arange(24, device="cuda")
+    counts = {}
+    for static in (False, True):
+        sampler = RefinementSampler(cfg_scale=2.0, cfg_interval=(0.3, 1.0), adaptive=adaptive, max_batch=8,
+                                    static_shapes=static)  # fmt: skip
+        sampler.sample(model, cls, seeds)  # warm-up (lazy CUDA init syncs)
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                out = sampler.sample(model, cls, seeds)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts[static] = (sum("synchroniz" in str(w.message) for w in caught), out)
+    syncs, out = counts[True]
+    assert out.host_checks < out.forward_calls / 2 and syncs <= out.host_checks + 4, (syncs, out.host_checks)
+    dyn_syncs, dyn = counts[False]
+    assert dyn_syncs >= dyn.forward_calls
