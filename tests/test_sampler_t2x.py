@@ -50,3 +50,55 @@ def test_i2v_rows_equal_each_sample_packed_alone(monkeypatch):
             expected = _alone(module.model, grid_state, texts[c], float(ratio[i]), clean).reshape(batched[i].shape)
             torch.testing.assert_close(batched[i], expected, atol=1e-5, rtol=1e-5)
     assert model.padded and model.null_class == 2
+
+
+# ---- region refinement ("sketch and revise") for T2I / T2V -----------------------------------------------------------
+def _edit(module, tokenizer, monkeypatch, pixels, mask, captions, rounds):
+    """Run `edit_media`, capturing the labels it decodes; returns (edited labels, source labels)."""
+    captured = {}
+    monkeypatch.setattr(module, "decode", lambda tokens, grid: captured.update(tokens=tokens, grid=grid) or tokens)
+    module.edit_media(captions, pixels, mask, seeds=list(range(len(captions))), rounds=rounds)
+    source = module.layout.to_tokens(tokenizer.tokenize(pixels))
+    return captured["tokens"], source, captured["grid"]
+
+
+def test_t2i_region_edit_keeps_every_unmasked_token(tokenizer, monkeypatch):
+    """64² photos on a 4×4 token grid (stride 16). Pixel masks → token regions by hand: image 0 regenerates its top
+    half (pixel rows 0–31 → token rows 0–1: tokens 0–7), image 1 the pixel square 20–43 (tokens rows/cols 1–2:
+    tokens 5, 6, 9, 10). CFG (T2X default w 4) and 2 rounds: every other token equals the source bit for bit."""
+    torch.manual_seed(0)
+    module = tiny_module(tokenizer)
+    torch.nn.init.normal_(module.ema.head.proj.weight, std=0.5)
+    pixels = real_images()[:2]
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    mask[0, :32] = True
+    mask[1, 20:44, 20:44] = True
+    edited, source, grid = _edit(module, tokenizer, monkeypatch, pixels, mask, ["a red apple", "a blue sky"], rounds=2)
+    assert grid == (1, GRID, GRID) and edited.shape == source.shape
+    region = torch.zeros(2, 16, dtype=torch.bool)
+    region[0, :8] = True
+    region[1, [5, 6, 9, 10]] = True
+    assert torch.equal(edited[~region], source[~region])
+    assert not torch.equal(edited[region], source[region])
+
+
+def test_t2v_region_edit_on_a_clip_and_steps_of_the_rounds(tokenizer, monkeypatch):
+    """A 5-frame clip (2 latent frames): the mask applies to every latent frame. Steps: round 1 runs the 6 cosine
+    steps; round 2 revises from the first kept fraction ≥ 0.5: (1 − cos(π/2·i/5))·0.95 = 0, .046, .181, .392, .656,
+    .95 → i = 4, 2 more steps: 8 network evaluations per request."""
+    torch.manual_seed(0)
+    module = tiny_module(tokenizer)
+    torch.nn.init.normal_(module.ema.head.proj.weight, std=0.5)
+    clip = real_images()[:1].expand(-1, -1, 5, -1, -1).contiguous()
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    mask[0, :, 48:] = True  # the right token column
+    results = []
+    original = module.edit_labels
+    monkeypatch.setattr(module, "edit_labels", lambda *a, **k: results.append(original(*a, **k)) or results[-1])
+    edited, source, grid = _edit(module, tokenizer, monkeypatch, clip, mask, ["waves"], rounds=2)
+    assert grid == (2, GRID, GRID)
+    region = torch.zeros(2, GRID, GRID, dtype=torch.bool)
+    region[:, :, 3] = True
+    region = region.reshape(1, -1)
+    assert torch.equal(edited[~region], source[~region]) and not torch.equal(edited[region], source[region])
+    assert results[0].steps.tolist() == [8]
