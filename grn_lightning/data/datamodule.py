@@ -1,7 +1,9 @@
 """`GRNDataModule`: one LightningDataModule for every stage (tokenizer, C2I, T2I/T2V), over WebDataset shards.
 
 Training is infinite and resampled (drive it with `trainer.max_steps`); evaluation reads every record exactly
-once with the same number of batches on every rank. Batches follow docs/CONTRACTS.md.
+once with the same number of batches on every rank. Batches follow docs/CONTRACTS.md. Checkpoints hold the
+training stream's position and every random generator's state, so `--ckpt_path last` continues the exact
+batches and random draws of the uninterrupted run (data/resume.py).
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ import torch
 import webdataset as wds
 
 from grn_lightning.data.buckets import PIXEL_BUDGETS
-from grn_lightning.data.media import ClipRule
-from grn_lightning.data.records import SampleSpec, collate
+from grn_lightning.data.records import CAPTION_SOURCES, SampleSpec, collate
+from grn_lightning.data.resume import (
+    ResumableStream,
+    StreamTracker,
+    capture_rng_states,
+    gather_per_rank,
+    restore_rng_states,
+    this_ranks,
+)
 from grn_lightning.data.splits import check_local_shards, expand_shards, rank_and_world
-from grn_lightning.data.streams import EvalStream, MixedStream, TrainStream, count_records, iterate_records
+from grn_lightning.data.streams import EvalStream, MixedStream, TrainStream, UnreadableShardError, count_records, iterate_records
+from grn_lightning.data.video import VIDEO_BACKENDS, ClipRule, backend_unavailable
 
 log = logging.getLogger(__name__)
 ShardSpec = str | list[str] | None
@@ -46,7 +56,8 @@ class GRNDataModule(L.LightningDataModule):
         num_workers: int = 4,
         shuffle_buffer: int = 1000,
         random_flip: bool = True,
-        video_backend: Literal["auto", "decord", "av"] = "auto",
+        video_backend: Literal["auto", "decord", "torchcodec", "av"] = "auto",
+        caption_source: Literal["txt", "json"] = "txt",
         pin_memory: bool = True,
         prefetch_factor: int = 4,
         seed: int = 0,
@@ -75,7 +86,11 @@ class GRNDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes per device.
             shuffle_buffer: records held in each worker's shuffle buffer.
             random_flip: random horizontal flip in training (token shards: use the stored flipped copy).
-            video_backend: "auto" (decord, PyAV fallback), "decord" or "av".
+            video_backend: video decoder: "decord" (the default's first choice), "torchcodec", "av" (PyAV), or
+                "auto" (decord, then torchcodec, then PyAV where the previous one is missing or fails).
+            caption_source: where a record has both a `txt` member (img2dataset / video2dataset layout) and a
+                `json` member with a "caption" field (tools/make_shards.py), which caption wins: "txt" or
+                "json". An absent, empty or null caption always falls back to the other one.
             pin_memory: pinned host memory for faster host-to-device copies.
             prefetch_factor: batches prefetched per worker.
             seed: base seed of shuffling/cropping; every (rank, worker) derives its own.
@@ -91,8 +106,14 @@ class GRNDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
         if resolution % 16:
             raise ValueError(f"data.resolution must be a multiple of 16 (tokenizer stride), got {resolution}")
+        if video_backend not in VIDEO_BACKENDS:
+            raise ValueError(f"data.video_backend must be one of {VIDEO_BACKENDS}, got {video_backend!r}")
+        if video_backend != "auto" and kind in ("video", "mixed") and (reason := backend_unavailable(video_backend)):
+            raise ValueError(f"data.video_backend={video_backend!r} cannot be used here: {reason}")
+        if caption_source not in CAPTION_SOURCES:
+            raise ValueError(f"data.caption_source must be one of {CAPTION_SOURCES}, got {caption_source!r}")
         clip = ClipRule(num_frames=num_frames, fps=fps, max_seconds=max_video_seconds, short=short_clip)
-        base = dict(resolution=resolution, clip=clip, video_backend=video_backend)
+        base = dict(resolution=resolution, clip=clip, video_backend=video_backend, caption_source=caption_source)
         primary_kind = {"mixed": "image"}.get(kind, kind)
         self.train_spec = SampleSpec(kind=primary_kind, pixel_budget=pixel_budget, random_flip=random_flip, **base)
         self.eval_spec = SampleSpec(kind=primary_kind, **base)
@@ -100,6 +121,9 @@ class GRNDataModule(L.LightningDataModule):
         self.video_eval_spec = SampleSpec(kind="video", **base)
         self.skipped_total = 0  # records skipped so far, summed over workers (see SkippedSamplesLogger)
         self._eval_sets: dict[str, list[EvalStream]] = {}
+        self._streams = StreamTracker()
+        self._saved_stream: dict | None = None  # this rank's stream state from a checkpoint, used once
+        self._saved_rng: dict | None = None  # this rank's generator states, restored before the first resumed step
 
     # -- setup: all checks happen here, before the first step --------------------------------------------
     def _shards(self, option: str) -> list[str]:
@@ -109,7 +133,10 @@ class GRNDataModule(L.LightningDataModule):
 
     def _eval_stream(self, option: str, spec: SampleSpec) -> EvalStream:
         urls = self._shards(option)
-        num_records = count_records(urls)
+        try:
+            num_records = count_records(urls)
+        except UnreadableShardError as err:
+            raise UnreadableShardError(f"data.{option}: {err}") from err
         if num_records == 0:
             raise ValueError(f"data.{option}: the shards hold no records (empty dataset)")
         _, world = rank_and_world()
@@ -148,6 +175,9 @@ class GRNDataModule(L.LightningDataModule):
         workers = hp.num_workers
         return torch.utils.data.DataLoader(
             dataset,
+            # its own generator: making a loader iterator draws the workers' base seed from it, and drawing from
+            # the global one would shift the trainer's random stream between a resumed and an uninterrupted run
+            generator=torch.Generator().manual_seed(hp.seed),
             batch_size=batch_size,
             collate_fn=None if batch_size is None else collate,
             num_workers=workers,
@@ -167,7 +197,9 @@ class GRNDataModule(L.LightningDataModule):
             stream = MixedStream(stream, videos, hp.video_ratio, hp.seed)
         elif hp.kind == "video" and hp.video_batch_size:
             stream.batch_size = hp.video_batch_size
-        return self._loader(stream, batch_size=None)
+        plan = self._streams.resume_plan(self._saved_stream, hp.num_workers)
+        self._saved_stream = None
+        return self._loader(ResumableStream(stream, plan), batch_size=None)
 
     def _eval_loaders(self, split: str) -> list[torch.utils.data.DataLoader]:
         hp = self.hparams
@@ -185,23 +217,37 @@ class GRNDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._eval_loaders("test")[0]
 
-    # -- skip counting on the host, before the copy (reading it back after would sync every step, every stage) --
+    # -- on the host, before the copy: the stream position of the batch reaching a training step now, and skip
+    # counting (reading it back after the copy would sync every step, every stage) ----------------------------------
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if isinstance(batch, dict) and "stream_state" in batch:
+            self._streams.consumed(batch.pop("stream_state"))
         if isinstance(batch, dict) and "num_skipped" in batch:
             self.skipped_total += int(batch.pop("num_skipped"))
         return batch
 
     # -- on device: uint8 -> [-1, 1] float ----------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        batch = self.on_before_batch_transfer(batch, dataloader_idx)  # callers that skip the transfer hooks
+        if self._saved_rng is not None and self.trainer is not None and self.trainer.training:
+            # the generators as they were after the checkpoint's last step; restored here, right before the first
+            # resumed step, because the sanity check and setup in between draw from them
+            restore_rng_states(self._saved_rng)
+            self._saved_rng = None
         if "pixels" in batch and batch["pixels"].dtype == torch.uint8:
             batch["pixels"] = batch["pixels"].float().div_(127.5).sub_(1.0)
         return batch
 
     def state_dict(self) -> dict:
-        return {"skipped_total": self.skipped_total}
+        # every rank contributes its readers and generators (Lightning builds the checkpoint on every rank)
+        local = {"stream": self._streams.local_state(self.hparams.num_workers), "rng": capture_rng_states(device=True)}
+        return {"skipped_total": self.skipped_total, "ranks": gather_per_rank(local)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.skipped_total = int(state_dict.get("skipped_total", 0))
+        mine = this_ranks(state_dict["ranks"], "data stream") if "ranks" in state_dict else None
+        if mine is not None:
+            self._saved_stream, self._saved_rng = mine["stream"], mine["rng"]
 
 
 class _RaiseOnError:

@@ -1,4 +1,4 @@
-"""Image and video decoding plus the geometric transforms of SPEC §8.
+"""Image decoding (every PIL mode to 8-bit RGB) plus the geometric transforms of SPEC §8 (videos: video.py).
 
 Everything here runs inside DataLoader workers, on raw bytes taken out of WebDataset shards, and returns
 uint8 tensors (normalisation to [-1, 1] happens after the batch reaches the device: 4x less IPC traffic).
@@ -9,27 +9,57 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from webdataset.autodecode import IMAGE_EXTENSIONS as _WDS_IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-VIDEO_EXTENSIONS = ("mp4", "avi", "mov", "webm", "mkv")
+VIDEO_EXTENSIONS = ("mp4", "avi", "mov", "mkv", "webm")
+# Record members read as images: the common ones first (a record holding two picks the first), then every other
+# extension webdataset's image decoder hands to PIL, so shards written by the ecosystem's tools read as they do
+# there. "mpg"/"mpeg" are left out: PIL reads only MPEG-1 stills, and those names mean video in a shard.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp") + tuple(
+    ext for ext in _WDS_IMAGE_EXTENSIONS if ext not in ("jpg", "jpeg", "png", "webp", "mpg", "mpeg")
+)
 
 
 class MediaDecodeError(ValueError):
     """A record's media could not be decoded (corrupt, truncated, too short, too long, ...)."""
 
 
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB, keeping what the pixels mean.
+
+    PIL's own `convert("RGB")` clips 16-bit grey ("I;16", and "I" as 16-bit PNGs and TIFFs load) to 255, so a
+    16-bit photo turns white; here its full range maps onto 0..255 (v / 257, rounded). Transparent pixels
+    ("RGBA", "LA", "PA", palette images with a transparent colour) are composited over white, the usual page
+    background, instead of showing the colour stored under alpha 0 (often black). Palette, 1-bit, CMYK
+    ((255 - c)(255 - k) / 255 per channel) and YCbCr use PIL's conversion, which is exact for them.
+    """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(image).astype(np.float64).clip(0, 65535) / 257.0
+        return Image.fromarray(np.rint(grey).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA") if image.mode != "La" else image.convert("LA").convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def decode_image(data: bytes) -> Image.Image:
-    """Bytes of a jpg/png/webp -> RGB PIL image (fully loaded, so truncation is detected here)."""
+    """Bytes of any image PIL reads -> RGB PIL image (fully loaded, so truncation is detected here)."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-        return image.convert("RGB")
+        return to_rgb(image)
     except Exception as err:  # PIL raises many types for broken files
         raise MediaDecodeError(f"undecodable image: {err}") from err
 
@@ -75,84 +105,3 @@ def resize_cover_crop_frames(frames: torch.Tensor, height: int, width: int) -> t
     return video.round_().clamp_(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous()
 
 
-@dataclass(frozen=True)
-class ClipRule:
-    """How to pick `num_frames` frames at `fps` out of a source clip.
-
-    num_frames: frames to return; must be 1 + 4k (causal VAE temporal stride 4, SPEC §2).
-    fps: target frame rate the frames are resampled to (SPEC §8: 16).
-    max_seconds: clips longer than this are dropped (release: 13 s); None keeps all.
-    short: "skip" drops clips shorter than (num_frames-1)/fps seconds; "loop" plays them forward again.
-    """
-
-    num_frames: int = 17
-    fps: float = 16.0
-    max_seconds: float | None = None
-    short: str = "skip"
-
-    def __post_init__(self) -> None:
-        if self.num_frames < 1 or (self.num_frames - 1) % 4:
-            raise ValueError(f"num_frames must be 1 + 4k (1, 5, 9, 17, ...), got {self.num_frames}")
-        if self.short not in ("skip", "loop"):
-            raise ValueError(f"short_clip must be 'skip' or 'loop', got {self.short!r}")
-        if self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
-
-    def frame_indices(self, source_frames: int, source_fps: float, start: float | None) -> list[int]:
-        """Source frame indices for one clip. start in [0, 1] picks the window position (None: centred)."""
-        duration = source_frames / source_fps
-        if self.max_seconds is not None and duration > self.max_seconds:
-            raise MediaDecodeError(f"clip of {duration:.2f}s exceeds max_video_seconds={self.max_seconds}")
-        span = (self.num_frames - 1) / self.fps  # seconds covered from first to last returned frame
-        last_start = duration - span - 1.0 / source_fps
-        if last_start < 0 and self.short == "skip":
-            raise MediaDecodeError(
-                f"clip of {duration:.2f}s is shorter than the {span:.2f}s needed for {self.num_frames} frames at "
-                f"{self.fps} fps (set short_clip='loop' to keep such clips)"
-            )
-        offset = max(0.0, last_start) * (0.5 if start is None else start)
-        times = offset + np.arange(self.num_frames) / self.fps
-        return [int(i) % source_frames for i in np.floor(times * source_fps + 1e-6).astype(np.int64)]
-
-
-def _read_frames_decord(data: bytes, rule: ClipRule, start: float | None) -> torch.Tensor:
-    import decord
-
-    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-    indices = rule.frame_indices(len(reader), float(reader.get_avg_fps()), start)
-    return torch.from_numpy(reader.get_batch(indices).asnumpy())
-
-
-def _read_frames_av(data: bytes, rule: ClipRule, start: float | None) -> torch.Tensor:
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-        fps = float(stream.average_rate or stream.guessed_rate or 25)
-    if not frames:
-        raise MediaDecodeError("video has no decodable frames")
-    indices = rule.frame_indices(len(frames), fps, start)
-    return torch.from_numpy(np.stack([frames[i] for i in indices]))
-
-
-def decode_video(data: bytes, rule: ClipRule, start: float | None, backend: str = "auto") -> torch.Tensor:
-    """mp4 bytes -> uint8 [T, H, W, 3] following `rule`.
-
-    backend "auto" uses decord and falls back to PyAV where decord is missing or fails: decord cannot decode
-    some streams (e.g. frame widths 24 and 48) and has no wheels for some platforms.
-    """
-    if backend not in ("auto", "decord", "av"):
-        raise ValueError(f"video_backend must be 'auto', 'decord' or 'av', got {backend!r}")
-    errors = []
-    readers = {"decord": [_read_frames_decord], "av": [_read_frames_av]}.get(
-        backend, [_read_frames_decord, _read_frames_av]
-    )
-    for reader in readers:
-        try:
-            return reader(data, rule, start)
-        except MediaDecodeError:
-            raise  # a rule violation (too short / too long) does not improve with another decoder
-        except Exception as err:  # decoder libraries raise their own error types
-            errors.append(f"{reader.__name__}: {err}")
-    raise MediaDecodeError("undecodable video: " + "; ".join(errors))

@@ -1,9 +1,14 @@
 """Turn one raw WebDataset record (a dict of bytes) into one training sample (docs/CONTRACTS.md).
 
-Record fields: an image (jpg/jpeg/png/webp) or a video (mp4/...), optional `cls` (class id as text),
-optional `json` (caption and metadata; may also carry "cls"), or a token record (`tokens.npy`,
-`tokens.json`, optional `tokens_flip.npy`, optional cached text states `text.npy`, `null_text.npy`, `text.json`).
-A bad record raises `MediaDecodeError`.
+Record members: an image (jpg, png, webp or any other extension webdataset's image decoder knows) or a video
+(mp4, avi, mov, mkv, webm), or a token record (`tokens.npy`, `tokens.json`, optional `tokens_flip.npy`, optional
+cached text states `text.npy`, `null_text.npy`, `text.json`); then optional metadata, read the way the ecosystem's
+tools write it:
+- caption: a `txt` member (img2dataset / video2dataset layout: LAION, DataComp, WebVid) or the `json` member's
+  "caption" field (tools/make_shards.py). `caption_source` says which one wins when both are present and
+  non-empty ("txt" by default); an absent, empty or null one falls back to the other, and neither gives "".
+- class id: a `cls` or `cls.txt` member (text), else the `json` member's "cls" field, else -1.
+A bad record raises `MediaDecodeError` (the stream skips and counts it).
 """
 
 from __future__ import annotations
@@ -20,19 +25,19 @@ from grn_lightning.data.buckets import nearest_aspect_ratio, nearest_bucket
 from grn_lightning.data.media import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
-    ClipRule,
     MediaDecodeError,
     adm_center_crop,
     decode_image,
-    decode_video,
     image_to_tensor,
     resize_cover_crop_frames,
     resize_cover_crop_image,
 )
 from grn_lightning.data.text_states import collate_text, decode_text_fields
 from grn_lightning.data.tokens import decode_token_record
+from grn_lightning.data.video import ClipRule, decode_video
 
 KINDS = ("image", "video", "tokens")
+CAPTION_SOURCES = ("txt", "json")
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,8 @@ class SampleSpec:
     pixel_budget: if set (e.g. "0.25M"), images use aspect-ratio buckets instead of the square crop.
     clip: frame selection for videos.
     random_flip: horizontal flip with probability 0.5 (training only; tokens pick their flipped copy).
-    video_backend: "auto" (decord, PyAV fallback), "decord" or "av".
+    video_backend: "auto", "decord", "torchcodec" or "av" (data/video.py).
+    caption_source: which caption wins when a record has both a `txt` member and a json "caption": "txt" or "json".
     """
 
     kind: str = "image"
@@ -53,10 +59,13 @@ class SampleSpec:
     clip: ClipRule = field(default_factory=ClipRule)
     random_flip: bool = False
     video_backend: str = "auto"
+    caption_source: str = "txt"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"sample kind must be one of {KINDS}, got {self.kind!r}")
+        if self.caption_source not in CAPTION_SOURCES:
+            raise ValueError(f"caption_source must be one of {CAPTION_SOURCES}, got {self.caption_source!r}")
 
     def padding_sample(self, token_shape: tuple[int, ...] | None = None) -> dict:
         """A zero sample of this spec's fixed geometry, marked invalid (used to equalise evaluation)."""
@@ -77,28 +86,43 @@ def _field(record: dict, extensions: tuple[str, ...]) -> bytes | None:
     return None
 
 
-def _metadata(record: dict) -> tuple[int, str]:
+def _text(record: dict, member: str) -> str | None:
+    if member not in record:
+        return None
+    try:
+        return record[member].decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise MediaDecodeError(f"{member} member is not UTF-8 text: {err}") from err
+
+
+def _metadata(record: dict, caption_source: str) -> tuple[int, str]:
     meta = {}
     if "json" in record:
         try:
             meta = json.loads(record["json"])
         except (ValueError, UnicodeDecodeError) as err:
-            raise MediaDecodeError(f"bad json field: {err}") from err
-    cls = meta.get("cls", -1)
-    if "cls" in record:
-        try:
-            cls = int(record["cls"].decode().strip())
-        except (ValueError, UnicodeDecodeError) as err:
-            raise MediaDecodeError(f"bad cls field: {err}") from err
-    caption = meta.get("caption", "")
-    if not isinstance(caption, str):
-        raise MediaDecodeError(f"caption must be a string, got {type(caption).__name__}")
-    return int(cls), caption
+            raise MediaDecodeError(f"bad json member: {err}") from err
+        if not isinstance(meta, dict):
+            meta = {}  # a json member that is no object carries no fields we read
+    cls_text = _text(record, "cls")
+    cls_text = _text(record, "cls.txt") if cls_text is None else cls_text
+    cls = meta.get("cls") if cls_text is None else cls_text
+    try:
+        cls = -1 if cls is None else int(cls)
+    except (TypeError, ValueError) as err:
+        raise MediaDecodeError(f"class id {cls!r} is not an integer") from err
+    json_caption = meta.get("caption")
+    if json_caption is not None and not isinstance(json_caption, str):
+        raise MediaDecodeError(f"json caption must be a string or null, got {type(json_caption).__name__}")
+    candidates = {"txt": _text(record, "txt"), "json": json_caption}
+    preferred = candidates[caption_source]
+    fallback = candidates["json" if caption_source == "txt" else "txt"]
+    return cls, (preferred or fallback or "").strip()
 
 
 def decode_record(record: dict, spec: SampleSpec, rng: random.Random | None) -> dict:
     """Raw record -> sample dict. rng is None in evaluation (deterministic: no flip, fixed clip start)."""
-    cls, caption = _metadata(record)
+    cls, caption = _metadata(record, spec.caption_source)
     flip = spec.random_flip and rng is not None and rng.random() < 0.5
     if spec.kind == "tokens":
         if "tokens.npy" not in record or "tokens.json" not in record:
