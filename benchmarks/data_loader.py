@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Data-loader throughput of GRNDataModule: samples/s for 256² images and 17-frame 256² clips.
+"""Data-loader throughput of GRNDataModule: samples/s for 256² images and 17-frame 256² clips, the clips once per
+video decoder backend (decord, torchcodec, PyAV; a backend that cannot be imported prints a "skipped" line).
 
 Step 1 (any machine with the test extras): build benchmark shards of ImageNet-like JPEGs (~500x375) and
 640x360 H.264 clips cut from the demo media:
     python benchmarks/data_loader.py build --out .bench_data
 Step 2 (the machine to measure): one JSON line per (kind, workers):
-    python benchmarks/data_loader.py run --data .bench_data --workers 1 4 8 16
+    python benchmarks/data_loader.py run --data .bench_data --workers 1 4 8 16 --backends decord torchcodec av
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def build(out: str) -> None:
     from PIL import Image
 
     from grn_lightning.data.demo import TEST_PHOTOS, TRAIN_PHOTOS, VIDEOS, _package_file
-    from grn_lightning.data.shards import SourceItem, write_shards
+    from grn_lightning.data.shards import ShardOptions, SourceItem, write_shards
 
     rng = np.random.default_rng(0)
     raw = os.path.join(out, "raw")
@@ -44,7 +45,7 @@ def build(out: str) -> None:
         path = os.path.join(raw, f"img{i:05d}.jpg")
         crop.save(path, quality=90)
         items.append(SourceItem(path, i % 1000))
-    write_shards(items, out, "images", samples_per_shard=64)
+    write_shards(items, out, "images", ShardOptions(samples_per_shard=64))
 
     import av
 
@@ -66,15 +67,15 @@ def build(out: str) -> None:
                 output.mux(video.encode(av.VideoFrame.from_image(image)))
             output.mux(video.encode(None))
         items.append(SourceItem(path, None, {"caption": name}))
-    write_shards(items, out, "videos", samples_per_shard=4)
+    write_shards(items, out, "videos", ShardOptions(samples_per_shard=4))
 
 
-def measure(kind: str, shards: str, workers: int, batch_size: int, batches: int) -> dict:
+def measure(kind: str, shards: str, workers: int, batch_size: int, batches: int, backend: str = "auto") -> dict:
     from grn_lightning.data.datamodule import GRNDataModule
 
     dm = GRNDataModule(
         kind=kind, train_shards=shards, resolution=256, num_frames=17, batch_size=batch_size,
-        num_workers=workers, shuffle_buffer=64, short_clip="loop",
+        num_workers=workers, shuffle_buffer=64, short_clip="loop", video_backend=backend,
     )
     dm.setup("fit")
     iterator = iter(dm.train_dataloader())
@@ -89,7 +90,8 @@ def measure(kind: str, shards: str, workers: int, batch_size: int, batches: int)
     del iterator, batch  # shut the workers down now, not inside the next loader's forked workers
     gc.collect()
     return {
-        "benchmark": "data_loader", "kind": kind, "workers": workers, "batch_size": batch_size,
+        "benchmark": "data_loader", "kind": kind, "video_backend": backend if kind == "video" else None,
+        "workers": workers, "batch_size": batch_size,
         "shape": shape, "samples_per_s": round(batches * batch_size / elapsed, 1),
         "cpu_count": os.cpu_count(), "host": platform.node(), "torch": torch.__version__,
     }
@@ -97,8 +99,7 @@ def measure(kind: str, shards: str, workers: int, batch_size: int, batches: int)
 
 def _pattern(folder: str, prefix: str) -> str:
     with open(os.path.join(folder, f"{prefix}.summary.json")) as handle:
-        count = len(json.load(handle)["shards"])
-    return os.path.join(folder, f"{prefix}-{{000000..{count - 1:06d}}}.tar")
+        return json.load(handle)["pattern"]
 
 
 def main() -> None:
@@ -111,14 +112,23 @@ def main() -> None:
     r.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8, 16])
     r.add_argument("--image-batches", type=int, default=40)
     r.add_argument("--video-batches", type=int, default=12)
+    r.add_argument("--backends", nargs="+", default=["decord", "torchcodec", "av"], help="video decoders to compare")
     args = parser.parse_args()
     if args.command == "build":
         build(args.out)
         return
+    from grn_lightning.data.video import backend_unavailable
+
     images, videos = (_pattern(args.data, prefix) for prefix in ("images", "videos"))
     for workers in args.workers:
         print(json.dumps(measure("image", images, workers, 64, args.image_batches)), flush=True)
-        print(json.dumps(measure("video", videos, workers, 4, args.video_batches)), flush=True)
+        for backend in args.backends:
+            reason = backend_unavailable(backend)
+            if reason:
+                print(json.dumps({"benchmark": "data_loader", "kind": "video", "video_backend": backend,
+                                  "workers": workers, "skipped": reason}), flush=True)  # fmt: skip
+                continue
+            print(json.dumps(measure("video", videos, workers, 4, args.video_batches, backend)), flush=True)
 
 
 if __name__ == "__main__":

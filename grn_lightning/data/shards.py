@@ -1,11 +1,16 @@
 """Build WebDataset shards from class folders, plain image folders or jsonl manifests (tools/make_shards.py).
 
-Every file is validated by decoding it before it is written; bad files are reported in the summary, never
-written. The same input gives byte-identical shards (sorted inputs, sequential keys, fixed tar mtime).
+Every file is validated by decoding it before it is written; bad files and images below the minimum size are
+reported in the summary, never written. The same input gives byte-identical shards (sorted inputs, sequential
+keys, fixed tar mtime). Splits are assigned by a hash of each file's key (its path below the input folder, or
+the manifest's "key" / "path"), so a file stays in its split when files are added or removed, and all clips cut
+from one video share its split.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from collections import Counter
@@ -29,6 +34,7 @@ class SourceItem:
     path: str
     cls: int | None = None
     meta: dict = field(default_factory=dict)
+    key: str = ""  # what the split hash reads; the path when empty
 
     @property
     def extension(self) -> str:
@@ -48,7 +54,7 @@ def items_from_class_folder(root: str) -> tuple[list[SourceItem], dict[str, int]
         raise ValueError(f"{root}: no class sub-folders found (expected root/<class_name>/<image files>)")
     index = {name: i for i, name in enumerate(classes)}
     items = [
-        SourceItem(str(path), index[name], {"class_name": name})
+        SourceItem(str(path), index[name], {"class_name": name}, key=str(path.relative_to(base)))
         for name in classes
         for path in sorted((base / name).rglob("*"))
         if path.is_file() and _is_media(path)
@@ -63,13 +69,14 @@ def items_from_image_folder(root: str) -> list[SourceItem]:
         if path.is_file() and _is_media(path):
             sidecar = path.with_suffix(".txt")
             meta = {"caption": sidecar.read_text().strip()} if sidecar.is_file() else {}
-            items.append(SourceItem(str(path), None, meta))
+            items.append(SourceItem(str(path), None, meta, key=str(path.relative_to(root))))
     return items
 
 
 def items_from_manifest(manifest: str) -> list[SourceItem]:
-    """jsonl lines {"path": ..., "caption": ..., "cls": ..., any other metadata}; relative paths are
-    resolved against the manifest's folder. Order is the manifest's."""
+    """jsonl lines {"path": ..., "caption": ..., "cls": ..., "key": ..., any other metadata}; relative paths are
+    resolved against the manifest's folder; the split key is "key" if given, else "path" as written. Order is the
+    manifest's."""
     base = Path(manifest).parent
     items = []
     with open(manifest) as handle:
@@ -82,9 +89,10 @@ def items_from_manifest(manifest: str) -> list[SourceItem]:
                 raise ValueError(f"{manifest}:{line_number}: not valid JSON ({err})") from err
             if "path" not in entry:
                 raise ValueError(f"{manifest}:{line_number}: record has no 'path' field")
-            path = Path(entry.pop("path"))
-            cls = entry.pop("cls", None)
-            items.append(SourceItem(str(path if path.is_absolute() else base / path), cls, entry))
+            written = entry.pop("path")
+            path, cls = Path(written), entry.pop("cls", None)
+            key = str(entry.pop("key", written))
+            items.append(SourceItem(str(path if path.is_absolute() else base / path), cls, entry, key=key))
     return items
 
 
@@ -115,26 +123,57 @@ def probe_video(data: bytes) -> dict:
     return {"frames": frames, "fps": round(fps, 4), "width": width, "height": height, "duration": round(frames / fps, 4)}
 
 
-def validate_item(item: SourceItem) -> tuple[SourceItem, bytes | None, dict, str | None]:
-    """Read and decode one file. Returns (item, bytes, geometry, error)."""
+@dataclass(frozen=True)
+class ShardOptions:
+    """How `write_shards` checks and cuts files.
+
+    min_size: images (and video frames) whose shorter side is below this many pixels are refused and counted.
+    clip_seconds: videos longer than this are cut into consecutive clips of this length (data/clips.py).
+    """
+
+    samples_per_shard: int = 1000
+    max_shard_bytes: int = 1 << 30
+    min_size: int = 32
+    clip_seconds: float | None = None
+
+
+def validate_item(item: SourceItem, options: ShardOptions) -> tuple[SourceItem, list[tuple[str, bytes, dict]], str | None]:
+    """Read and decode one file. Returns (item, pieces, error): pieces are (extension, bytes, geometry) records,
+    one per file, or one per clip when a video is cut; error starts with "too small" for refused small media."""
     try:
         data = Path(item.path).read_bytes()
         if item.extension in IMAGE_EXTENSIONS:
             image = decode_image(data)
-            return item, data, {"width": image.size[0], "height": image.size[1]}, None
-        if item.extension in VIDEO_EXTENSIONS:
-            return item, data, probe_video(data), None
-        return item, None, {}, f"unsupported file type .{item.extension}"
+            geometry = {"width": image.size[0], "height": image.size[1]}
+            pieces = [(item.extension, data, geometry)]
+        elif item.extension in VIDEO_EXTENSIONS:
+            geometry = probe_video(data)
+            pieces = [(item.extension, data, geometry)]
+            if options.clip_seconds is not None and geometry["duration"] > options.clip_seconds:
+                from grn_lightning.data.clips import cut_clips
+
+                clips = cut_clips(data, options.clip_seconds)
+                pieces = [("mp4", clip, {**probe_video(clip), "clip": i, "clip_start": round(i * options.clip_seconds, 4)})
+                          for i, clip in enumerate(clips)]  # fmt: skip
+        else:
+            return item, [], f"unsupported file type .{item.extension}"
     except (OSError, MediaDecodeError) as err:
-        return item, None, {}, str(err)
+        return item, [], str(err)
+    if min(geometry["width"], geometry["height"]) < options.min_size:
+        return item, [], f"too small: {geometry['width']}x{geometry['height']} (minimum side {options.min_size} px)"
+    return item, pieces, None
+
+
+def shard_pattern(out_dir: str, prefix: str, count: int) -> str:
+    """The brace pattern a config names for `count` shards <prefix>-000000.tar ... (data.train_shards etc.)."""
+    return os.path.join(out_dir, f"{prefix}-{{000000..{max(count, 1) - 1:06d}}}.tar")
 
 
 def write_shards(
     items: list[SourceItem],
     out_dir: str,
     prefix: str,
-    samples_per_shard: int = 1000,
-    max_shard_bytes: int = 1 << 30,
+    options: ShardOptions = ShardOptions(),
     workers: int = 0,
     classes: dict[str, int] | None = None,
     progress: bool = True,
@@ -144,33 +183,36 @@ def write_shards(
         raise ValueError("no input files found")
     os.makedirs(out_dir, exist_ok=True)
     pattern = os.path.join(out_dir, f"{prefix}-%06d.tar")
+    check = functools.partial(validate_item, options=options)
     pool = Pool(workers) if workers > 0 else None  # imap keeps input order: output stays deterministic
-    results: Iterable = pool.imap(validate_item, items, chunksize=8) if pool else map(validate_item, items)
-    bad, resolutions, class_counts, durations = [], Counter(), Counter(), []
+    results: Iterable = pool.imap(check, items, chunksize=8) if pool else map(check, items)
+    bad, too_small, resolutions, class_counts, durations = [], [], Counter(), Counter(), []
     per_shard: list[int] = []
     shard_bytes, writer = 0, None
     try:
-        for item, data, geometry, error in tqdm(results, total=len(items), disable=not progress, desc=prefix):
+        for item, pieces, error in tqdm(results, total=len(items), disable=not progress, desc=prefix):
             if error is not None:
-                bad.append({"path": item.path, "error": error})
+                (too_small if error.startswith("too small") else bad).append({"path": item.path, "error": error})
                 continue
-            if writer is None or per_shard[-1] >= samples_per_shard or shard_bytes + len(data) > max_shard_bytes:
-                if writer is not None:
-                    writer.close()
-                writer = wds.TarWriter(pattern % len(per_shard), mtime=0)  # mtime 0: reproducible bytes
-                per_shard.append(0)
-                shard_bytes = 0
-            meta = {**item.meta, **geometry, "source": os.path.basename(item.path)}
-            record = {"__key__": f"{sum(per_shard):08d}", item.extension: data, "json": json.dumps(meta, sort_keys=True)}
-            if item.cls is not None:
-                record["cls"] = str(int(item.cls))
-                class_counts[int(item.cls)] += 1
-            writer.write(record)
-            per_shard[-1] += 1
-            shard_bytes += len(data)
-            resolutions[f"{geometry['width']}x{geometry['height']}"] += 1
-            if "duration" in geometry:
-                durations.append(geometry["duration"])
+            for extension, data, geometry in pieces:
+                full = writer is None or per_shard[-1] >= options.samples_per_shard
+                if full or shard_bytes + len(data) > options.max_shard_bytes:
+                    if writer is not None:
+                        writer.close()
+                    writer = wds.TarWriter(pattern % len(per_shard), mtime=0)  # mtime 0: reproducible bytes
+                    per_shard.append(0)
+                    shard_bytes = 0
+                meta = {**item.meta, **geometry, "source": os.path.basename(item.path)}
+                record = {"__key__": f"{sum(per_shard):08d}", extension: data, "json": json.dumps(meta, sort_keys=True)}
+                if item.cls is not None:
+                    record["cls"] = str(int(item.cls))
+                    class_counts[int(item.cls)] += 1
+                writer.write(record)
+                per_shard[-1] += 1
+                shard_bytes += len(data)
+                resolutions[f"{geometry['width']}x{geometry['height']}"] += 1
+                if "duration" in geometry:
+                    durations.append(geometry["duration"])
     finally:
         if writer is not None:
             writer.close()
@@ -179,8 +221,10 @@ def write_shards(
     summary = {
         "records": sum(per_shard),
         "shards": [os.path.basename(pattern % i) for i in range(len(per_shard))],
+        "pattern": shard_pattern(out_dir, prefix, len(per_shard)) if per_shard else None,
         "records_per_shard": per_shard,
         "bad_files": bad,
+        "too_small": {"min_size": options.min_size, "count": len(too_small), "files": too_small},
         "classes": classes or {},
         "class_counts": {str(k): v for k, v in sorted(class_counts.items())},
         "resolutions": dict(sorted(resolutions.items())),
@@ -192,3 +236,41 @@ def write_shards(
     with open(os.path.join(out_dir, f"{prefix}.summary.json"), "w") as handle:
         json.dump(summary, handle, indent=1, sort_keys=True)
     return summary
+
+
+def parse_split(text: str) -> dict[str, float]:
+    """"train=0.9,val=0.05,test=0.05" -> {"train": 0.9, ...} (shares are normalised to sum to 1)."""
+    shares: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            share = float(value)
+        except ValueError:
+            share = -1.0
+        if not name.strip() or share < 0 or name.strip() in shares:
+            raise ValueError(f"--split: expected name=share pairs like train=0.9,val=0.05,test=0.05, got {text!r}")
+        shares[name.strip()] = share
+    total = sum(shares.values())
+    if total <= 0:
+        raise ValueError(f"--split: the shares must not all be zero, got {text!r}")
+    return {name: share / total for name, share in shares.items()}
+
+
+def split_of(key: str, shares: dict[str, float]) -> str:
+    """The split a key falls in: the first 64 bits of its SHA-256 as a number in [0, 1), against the cumulative
+    shares in the order given (stable across runs, machines and Python versions, unlike hash())."""
+    position = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    cumulative = 0.0
+    for name, share in shares.items():
+        cumulative += share
+        if position < cumulative:
+            return name
+    return next(reversed(shares))  # rounding: position just below 1.0
+
+
+def write_split_shards(items: list[SourceItem], out_dir: str, prefix: str, shares: dict[str, float], **kwargs) -> dict:
+    """`write_shards` once per split, into <prefix>-<split>-000000.tar ...; {split: summary}."""
+    groups: dict[str, list[SourceItem]] = {name: [] for name in shares}
+    for item in items:
+        groups[split_of(item.key or item.path, shares)].append(item)
+    return {name: write_shards(group, out_dir, f"{prefix}-{name}", **kwargs) for name, group in groups.items() if group}

@@ -55,7 +55,7 @@ class ClipRule:
             raise MediaDecodeError(f"clip of {duration:.2f}s exceeds max_video_seconds={self.max_seconds}")
         span = (self.num_frames - 1) / self.fps  # seconds covered from first to last returned frame
         last_start = duration - span - 1.0 / source_fps
-        if last_start < 0 and self.short == "skip":
+        if last_start < -1e-9 and self.short == "skip":  # tolerance: 5 frames at 10 fps fill 0.5 s exactly
             raise MediaDecodeError(
                 f"clip of {duration:.2f}s is shorter than the {span:.2f}s needed for {self.num_frames} frames at "
                 f"{self.fps} fps (set short_clip='loop' to keep such clips)"
