@@ -29,7 +29,7 @@ def build(out: str) -> None:
     from PIL import Image
 
     from grn_lightning.data.demo import TEST_PHOTOS, TRAIN_PHOTOS, VIDEOS, _package_file
-    from grn_lightning.data.shards import ShardOptions, SourceItem, write_shards
+    from grn_lightning.data.shards import SourceItem, write_shards
 
     rng = np.random.default_rng(0)
     raw = os.path.join(out, "raw")
@@ -45,7 +45,7 @@ def build(out: str) -> None:
         path = os.path.join(raw, f"img{i:05d}.jpg")
         crop.save(path, quality=90)
         items.append(SourceItem(path, i % 1000))
-    write_shards(items, out, "images", ShardOptions(samples_per_shard=64))
+    write_shards(items, out, "images", samples_per_shard=64)
 
     import av
 
@@ -67,7 +67,7 @@ def build(out: str) -> None:
                 output.mux(video.encode(av.VideoFrame.from_image(image)))
             output.mux(video.encode(None))
         items.append(SourceItem(path, None, {"caption": name}))
-    write_shards(items, out, "videos", ShardOptions(samples_per_shard=4))
+    write_shards(items, out, "videos", samples_per_shard=4)
 
 
 def measure(kind: str, shards: str, workers: int, batch_size: int, batches: int, backend: str = "auto") -> dict:

@@ -20,7 +20,6 @@ import sys
 
 import grn_lightning  # noqa: F401  (torchvision compatibility before anything else)
 from grn_lightning.data.shards import (
-    ShardOptions,
     items_from_class_folder,
     items_from_image_folder,
     items_from_manifest,
@@ -66,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         items = items_from_image_folder(args.image_folder)
     else:
         items = items_from_manifest(args.manifest)
-    options = ShardOptions(args.samples_per_shard, int(args.max_shard_mb * 2**20), args.min_size, args.clip_seconds)
-    common = dict(options=options, workers=args.workers, classes=classes, progress=not args.quiet)
+    common = dict(samples_per_shard=args.samples_per_shard, max_shard_bytes=int(args.max_shard_mb * 2**20),
+                  workers=args.workers, classes=classes, progress=not args.quiet, min_size=args.min_size,
+                  clip_seconds=args.clip_seconds)  # fmt: skip
     if args.split:
         try:
             shares = parse_split(args.split)

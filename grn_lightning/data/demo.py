@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from grn_lightning.data.shards import ShardOptions, items_from_manifest, write_shards
+from grn_lightning.data.shards import items_from_manifest, write_shards
 
 DEMO_VERSION = 1
 # (name, package, path inside the package, caption); the order fixes the class ids.
@@ -150,8 +150,7 @@ def build_demo_data(out_dir: str, force: bool = False, progress: bool = False) -
     patterns = {}
     for name, manifest in manifests.items():
         summary = write_shards(
-            items_from_manifest(str(manifest)), str(shards), name, ShardOptions(samples_per_shard=per_shard[name]),
-            progress=progress,
+            items_from_manifest(str(manifest)), str(shards), name, per_shard[name], progress=progress,
             classes={p[0]: i for i, p in enumerate(TRAIN_PHOTOS)} if name in ("images-train", "images-val") else None,
         )
         if summary["bad_files"]:

@@ -123,23 +123,12 @@ def probe_video(data: bytes) -> dict:
     return {"frames": frames, "fps": round(fps, 4), "width": width, "height": height, "duration": round(frames / fps, 4)}
 
 
-@dataclass(frozen=True)
-class ShardOptions:
-    """How `write_shards` checks and cuts files.
-
-    min_size: images (and video frames) whose shorter side is below this many pixels are refused and counted.
-    clip_seconds: videos longer than this are cut into consecutive clips of this length (data/clips.py).
-    """
-
-    samples_per_shard: int = 1000
-    max_shard_bytes: int = 1 << 30
-    min_size: int = 32
-    clip_seconds: float | None = None
-
-
-def validate_item(item: SourceItem, options: ShardOptions) -> tuple[SourceItem, list[tuple[str, bytes, dict]], str | None]:
+def validate_item(
+    item: SourceItem, min_size: int = 32, clip_seconds: float | None = None
+) -> tuple[SourceItem, list[tuple[str, bytes, dict]], str | None]:
     """Read and decode one file. Returns (item, pieces, error): pieces are (extension, bytes, geometry) records,
-    one per file, or one per clip when a video is cut; error starts with "too small" for refused small media."""
+    one per file, or one per clip of `clip_seconds` when a longer video is cut (data/clips.py); error starts with
+    "too small" when the shorter side is below `min_size` pixels."""
     try:
         data = Path(item.path).read_bytes()
         if item.extension in IMAGE_EXTENSIONS:
@@ -149,18 +138,18 @@ def validate_item(item: SourceItem, options: ShardOptions) -> tuple[SourceItem, 
         elif item.extension in VIDEO_EXTENSIONS:
             geometry = probe_video(data)
             pieces = [(item.extension, data, geometry)]
-            if options.clip_seconds is not None and geometry["duration"] > options.clip_seconds:
+            if clip_seconds is not None and geometry["duration"] > clip_seconds:
                 from grn_lightning.data.clips import cut_clips
 
-                clips = cut_clips(data, options.clip_seconds)
-                pieces = [("mp4", clip, {**probe_video(clip), "clip": i, "clip_start": round(i * options.clip_seconds, 4)})
+                clips = cut_clips(data, clip_seconds)
+                pieces = [("mp4", clip, {**probe_video(clip), "clip": i, "clip_start": round(i * clip_seconds, 4)})
                           for i, clip in enumerate(clips)]  # fmt: skip
         else:
             return item, [], f"unsupported file type .{item.extension}"
     except (OSError, MediaDecodeError) as err:
         return item, [], str(err)
-    if min(geometry["width"], geometry["height"]) < options.min_size:
-        return item, [], f"too small: {geometry['width']}x{geometry['height']} (minimum side {options.min_size} px)"
+    if min(geometry["width"], geometry["height"]) < min_size:
+        return item, [], f"too small: {geometry['width']}x{geometry['height']} (minimum side {min_size} px)"
     return item, pieces, None
 
 
@@ -173,17 +162,21 @@ def write_shards(
     items: list[SourceItem],
     out_dir: str,
     prefix: str,
-    options: ShardOptions = ShardOptions(),
+    samples_per_shard: int = 1000,
+    max_shard_bytes: int = 1 << 30,
     workers: int = 0,
     classes: dict[str, int] | None = None,
     progress: bool = True,
+    min_size: int = 32,
+    clip_seconds: float | None = None,
 ) -> dict:
-    """Validate and write `items`; returns (and saves as <prefix>.summary.json) the summary."""
+    """Validate and write `items`; returns (and saves as <prefix>.summary.json) the summary. Media whose shorter
+    side is below `min_size` pixels are refused and counted; videos longer than `clip_seconds` are cut."""
     if not items:
         raise ValueError("no input files found")
     os.makedirs(out_dir, exist_ok=True)
     pattern = os.path.join(out_dir, f"{prefix}-%06d.tar")
-    check = functools.partial(validate_item, options=options)
+    check = functools.partial(validate_item, min_size=min_size, clip_seconds=clip_seconds)
     pool = Pool(workers) if workers > 0 else None  # imap keeps input order: output stays deterministic
     results: Iterable = pool.imap(check, items, chunksize=8) if pool else map(check, items)
     bad, too_small, resolutions, class_counts, durations = [], [], Counter(), Counter(), []
@@ -195,8 +188,8 @@ def write_shards(
                 (too_small if error.startswith("too small") else bad).append({"path": item.path, "error": error})
                 continue
             for extension, data, geometry in pieces:
-                full = writer is None or per_shard[-1] >= options.samples_per_shard
-                if full or shard_bytes + len(data) > options.max_shard_bytes:
+                full = writer is None or per_shard[-1] >= samples_per_shard
+                if full or shard_bytes + len(data) > max_shard_bytes:
                     if writer is not None:
                         writer.close()
                     writer = wds.TarWriter(pattern % len(per_shard), mtime=0)  # mtime 0: reproducible bytes
@@ -224,7 +217,7 @@ def write_shards(
         "pattern": shard_pattern(out_dir, prefix, len(per_shard)) if per_shard else None,
         "records_per_shard": per_shard,
         "bad_files": bad,
-        "too_small": {"min_size": options.min_size, "count": len(too_small), "files": too_small},
+        "too_small": {"min_size": min_size, "count": len(too_small), "files": too_small},
         "classes": classes or {},
         "class_counts": {str(k): v for k, v in sorted(class_counts.items())},
         "resolutions": dict(sorted(resolutions.items())),
