@@ -3,12 +3,12 @@ clip cutting, splits and the video decoder backends."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -160,12 +160,21 @@ def _write_clip(path: Path, codec: str, seconds: float, fps: int = 10, size: tup
 CONTAINERS = {"mp4": "libx264", "avi": "mpeg4", "mov": "libx264", "mkv": "libx264", "webm": "libvpx-vp9"}
 
 
+def _write_clips_in_a_fresh_process(clips: list[tuple[Path, str, float]]) -> None:
+    """PyAV's VP8/VP9 encoders fail to open once decord (with its own FFmpeg) is loaded in the process, as it is
+    after other data tests: write the clips from a fresh interpreter."""
+    code = "\n".join([
+        "import numpy as np", "from pathlib import Path", inspect.getsource(_write_clip),
+        *(f"_write_clip(Path({str(path)!r}), {codec!r}, seconds={seconds})" for path, codec, seconds in clips),
+    ])  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
 def test_make_shards_accepts_every_container_cuts_clips_splits_and_refuses_small_images(tmp_path):
     media = tmp_path / "media"
     media.mkdir()
-    for extension, codec in CONTAINERS.items():
-        _write_clip(media / f"clip.{extension}", codec, seconds=2.0)
-    _write_clip(media / "long.mp4", "libx264", seconds=3.5)  # cut into 1 s clips: 3 full + 0.5 s piece (kept)
+    clips = [(media / f"clip.{extension}", codec, 2.0) for extension, codec in CONTAINERS.items()]
+    _write_clips_in_a_fresh_process(clips + [(media / "long.mp4", "libx264", 3.5)])  # cut into 1 s clips: 3 + 0.5 s
     Image.new("RGB", (8, 8), (1, 2, 3)).save(media / "tiny.png")  # below --min-size 16
     for index in range(12):
         Image.new("RGB", (48, 40), (index * 20, 50, 90)).save(media / f"photo{index:02d}.png")
