@@ -153,13 +153,13 @@ class UMT5TextEncoder(nn.Module):
                 found[text] = self._cache[text]
         todo = list(dict.fromkeys(t for t in tagged if t not in found))  # unique, in order: encode duplicates once
         if todo:
-            batch = self.tokenizer(
-                todo, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            ).to(device)
-            hidden = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+            batch = self.tokenizer(todo, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
             # Right padding (T5 convention) + attention mask: the real tokens are the first L_i positions and
-            # never attend to padding, so a caption's features do not depend on its batch mates.
+            # never attend to padding, so a caption's features do not depend on its batch mates. The lengths are
+            # read on the host, before the copy (reading them off the device would wait for the GPU).
             lengths = batch.attention_mask.sum(dim=1).tolist()
+            batch = batch.to(device)
+            hidden = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
             for text, row, n in zip(todo, hidden, lengths):
                 found[text] = row[:n].float()
                 if self.cache_size:  # a copy: a view would keep the whole padded batch alive in the cache
