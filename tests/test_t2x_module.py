@@ -290,7 +290,7 @@ def test_gpu_training_step_from_cached_text_never_syncs(attention):
              "text": torch.randn(sum(lengths), TEXT["d_model"], generator=g).bfloat16().cuda(), "text_lengths": lengths,
              "null_text": torch.randn(8, TEXT["d_model"], generator=g).bfloat16().cuda(), "null_text_lengths": [2] * 4,
              "text_task": ["t2i"] * 4}  # fmt: skip
-    module.training_step(batch, 0)  # warm-up: lazy CUDA initialisation, flex kernels
+    module.training_step(batch, 0).backward()  # warm-up: lazy CUDA initialisation, flex kernels (both passes)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
