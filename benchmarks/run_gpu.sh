@@ -35,6 +35,7 @@ bench() {  # bench NAME SCRIPT ARGS...: JSON lines to NAME.jsonl, everything els
 for PART in "$@"; do
   case "$PART" in
     t2x)
+      bench t2x_host_step benchmarks/t2x_host_step.py --device cuda --repeats 10 --threads 4
       bench t2x_train_step benchmarks/t2x_train_step.py --data shards --workers 8
       bench t2x_train_step benchmarks/t2x_train_step.py --data media --encoders full --workers 12 ;;
     train_data)

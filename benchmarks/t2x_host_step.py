@@ -5,11 +5,14 @@
 
 What is timed is `T2XModule.packed_batch` (everything between the batch on the device and the transformer's inputs)
 with the text states given (cached text, as from token shards with text states; the umT5 forward is not part of
-it). The module sits on the CPU, so "device" work runs on the CPU too: `cpu_total_ms` is everything. `host_ms`
+it). The module sits on the CPU, so "device" work runs on the CPU too: `total_ms` is everything. `host_ms`
 is the part that stays on the host when the module is on a GPU: the packing plan from integer lengths
 (`bucket_packing.plan_bucket`) plus the host draws (tasks, caption dropout); the corruption, placement and loss
 inputs are device kernels then. The old path (before the device-resident step) did all of it on the host, so its
-host time is its CPU total. One JSON line on stdout; median of `--repeats` runs after one warm-up.
+host time is its CPU total. With `--device cuda` the module and the batch sit on the GPU: `host_ms` is then the
+wall time of the call itself (kernel launches are asynchronous: what the host spends, dispatch included) and
+`total_ms` the time until the GPU finished. One JSON line on stdout; median of `--repeats`
+runs after one warm-up.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ from torch import nn
 class GivenTextStates(nn.Module):
     """A text encoder whose states are precomputed (the cached-text path): `encode` only looks them up."""
 
-    def __init__(self, captions: list[str], width: int = 4096, seed: int = 0) -> None:
+    def __init__(self, captions: list[str], width: int = 4096, seed: int = 0, device: str = "cpu") -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.width = width
-        self.states = {c: torch.randn(len(c) // 4 + 2, width, generator=g).bfloat16() for c in captions}
-        self.states[""] = torch.randn(2, width, generator=g).bfloat16()
+        self.states = {c: torch.randn(len(c) // 4 + 2, width, generator=g).bfloat16().to(device) for c in captions}
+        self.states[""] = torch.randn(2, width, generator=g).bfloat16().to(device)
 
     def encode(self, captions, task="t2i"):
         return [self.states[c] for c in captions]
@@ -52,23 +55,31 @@ def run(args: argparse.Namespace) -> dict:
     from grn_lightning.generator.t2x.module import T2XModule
 
     torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
     batch = _batch(args.images, args.grid)
-    module = T2XModule(size="tiny", variant="bit", channels=64, rounds=4, text_encoder=GivenTextStates(batch["caption"]),
-                       text_dim=4096, token_budget=args.budget, pad_to_budget=True, max_rows=1)  # fmt: skip
+    text = GivenTextStates(batch["caption"], device=args.device)
+    module = T2XModule(size="tiny", variant="bit", channels=64, rounds=4, text_encoder=text, text_dim=4096,
+                       token_budget=args.budget, pad_to_budget=True, max_rows=1).to(args.device)  # fmt: skip
+    batch["tokens"] = batch["tokens"].to(args.device)
     totals, hosts = [], []
     for i in range(args.repeats + 1):
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         packed = module.packed_batch(batch)
+        returned = time.perf_counter() - start
+        if cuda:
+            torch.cuda.synchronize()
         total = time.perf_counter() - start
-        host = getattr(module, "last_host_seconds", total)
+        host = returned if cuda else getattr(module, "last_host_seconds", total)
         if i:
             totals.append(total)
             hosts.append(host)
     real = int((packed.segment_ids >= 0).sum())
     return {
         "benchmark": "t2x_host_step", "images": args.images, "grid": args.grid, "bits": 256, "budget": args.budget,
-        "rows": packed.segment_ids.shape[0], "real_tokens": real, "threads": args.threads,
-        "cpu_total_ms": round(statistics.median(totals) * 1e3, 1), "host_ms": round(statistics.median(hosts) * 1e3, 2),
+        "rows": packed.segment_ids.shape[0], "real_tokens": real, "threads": args.threads, "device": args.device,
+        "total_ms": round(statistics.median(totals) * 1e3, 1), "host_ms": round(statistics.median(hosts) * 1e3, 2),
         "state_dtype": str(packed.state.dtype), "torch": torch.__version__,
     }  # fmt: skip
 
@@ -80,6 +91,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=40960)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the 2-core machine is shared)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the module and batch sit")
     print(json.dumps(run(parser.parse_args())), flush=True)
 
 
