@@ -270,3 +270,22 @@ def test_block_mask_from_segment_ranges_equals_the_evaluated_mask():
             assert sorted(ours.kv_indices[b, 0, q, :n].tolist()) == sorted(ref.kv_indices[b, 0, q, :n].tolist())
             assert sorted(ours.full_kv_indices[b, 0, q, :nf].tolist()) == sorted(ref.full_kv_indices[b, 0, q, :nf].tolist())
     torch.testing.assert_close(ours.to_dense(), ref.to_dense())
+
+
+def test_block_mask_from_ranges_stays_exact_for_any_segment_layout():
+    """Non-contiguous ids (padding inside a row, a sample split in two) only make the listing less sparse: the dense
+    mask it describes is still exactly `segment_mask`."""
+    from grn_lightning.generator.t2x.model import segment_block_mask
+
+    seg = torch.tensor([[0, 0, 0, -1, -1, 1, 1, 0, 0, 2, -1, 1, 1, 1]])
+    mask = segment_block_mask(seg, block_size=4)
+    dense = torch.zeros(14, 14, dtype=torch.bool)
+    for q in range(14):
+        for k in range(14):  # the listing's blocks with the mask function applied inside partial ones
+            qb, kb = q // 4, k // 4
+            n, nf = int(mask.kv_num_blocks[0, 0, qb]), int(mask.full_kv_num_blocks[0, 0, qb])
+            if kb in mask.full_kv_indices[0, 0, qb, :nf].tolist():
+                dense[q, k] = True
+            elif kb in mask.kv_indices[0, 0, qb, :n].tolist():
+                dense[q, k] = bool(mask.mask_mod(0, 0, torch.tensor(q), torch.tensor(k)))
+    assert torch.equal(dense, segment_mask(seg)[0, 0])

@@ -94,13 +94,14 @@ def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
 def segment_block_mask(segment_ids: torch.Tensor, block_size: int = 128):
     """The block-diagonal mask of `segment_mask` as a flex_attention BlockMask, built from per-block segment ranges.
 
-    Packed samples are contiguous and padding closes each row, so with padding renamed to one id above every sample
-    the ids never decrease along a row, and a block of `block_size` positions holds the ids [lo, hi]. A query block
-    and a key block then share a sample iff their ranges overlap; the pair needs no mask at all ("full") iff both
-    blocks lie inside one and the same sample. This costs (L / block_size)² per row (≈ 10⁵ at 40,960), where
-    `create_block_mask` evaluates the mask at all L² pairs (≈ 1.7 GB of booleans per row), and it never syncs.
-    Requires the packing layout (non-decreasing ids, padding −1 only after a row's samples), which `packing.py`
-    and `bucket_packing.py` always produce.
+    Padding is renamed to one id above every sample, and a block of `block_size` positions holds ids in [lo, hi].
+    Two blocks that share an id have overlapping ranges, so pairs whose ranges do not overlap are skipped safely;
+    the others are "partial" (the mask function decides per element) unless both blocks lie inside one and the
+    same sample ("full", no mask). Any layout is therefore exact. With the packing layout (samples contiguous,
+    padding at the end of a row, as `packing.py` and `bucket_packing.py` lay them out) overlap means a shared
+    sample, and the listing is as sparse as `create_block_mask`'s. This costs (L / block_size)² per row (≈ 10⁵ at
+    40,960), where `create_block_mask` evaluates the mask at all L² pairs (≈ 1.7 GB of booleans per row), and it
+    never syncs.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
