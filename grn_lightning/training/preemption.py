@@ -1,0 +1,73 @@
+"""Preemption: SIGTERM or SIGUSR1 saves `last.ckpt` at the next step boundary, then the run stops cleanly.
+
+Lightning already turns SIGTERM into a stop at the next step boundary (it raises `SIGTERMException`, a SystemExit,
+after the current batch; with several ranks, rank 0's flag is broadcast so every rank stops at the same step), but
+it saves nothing: a job killed by `timeout`, a scheduler or a spot-instance notice lost every step since the last
+periodic checkpoint (issue 15: 95 of 200 steps). This callback saves the checkpoint at that stop, where
+`grn fit --ckpt_path last` finds it (training/resume.py).
+
+SIGUSR1 (the usual "about to be preempted" notice) takes the same path. Under SLURM with Lightning's
+`SLURMEnvironment(auto_requeue=True)` (the default when SLURM runs the job), SIGUSR1 is left to Lightning, which
+saves an `hpc_ckpt_*.ckpt` and requeues the job; `--ckpt_path last` finds that file too.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+def preemption_checkpoint_path(trainer: L.Trainer) -> Path:
+    """`last.ckpt` in the first ModelCheckpoint's folder, else `<default_root_dir>/checkpoints/last.ckpt` (both are
+    searched by `--ckpt_path last`)."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+class PreemptionCheckpoint(Callback):
+    """Always added by `grn` (cli.py); nothing to configure."""
+
+    def __init__(self) -> None:
+        self._previous_sigusr1 = None
+        self._installed = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        slurm_requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+        if stage != "fit" or slurm_requeue or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous_sigusr1 = signal.signal(signal.SIGUSR1, self._forward_to_sigterm_handler)
+        self._installed = True
+
+    @staticmethod
+    def _forward_to_sigterm_handler(signum: int, frame) -> None:
+        # Lightning's SIGTERM handler (installed when fit starts) sets the flag that stops the run at the next step
+        # boundary and, with several ranks, tells every rank; SIGUSR1 reuses it instead of a second mechanism.
+        handler = signal.getsignal(signal.SIGTERM)
+        if callable(handler):
+            handler(signum, frame)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._installed:
+            signal.signal(signal.SIGUSR1, self._previous_sigusr1 or signal.SIG_DFL)
+            self._installed = False
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # fn, not trainer.training: a signal during fit's validation also ends in SIGTERMException.
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        path = preemption_checkpoint_path(trainer)
+        trainer.save_checkpoint(path, weights_only=False)  # every rank calls it: sharded checkpoints are written by all ranks
+        rank_zero_info(
+            f"Stopped by a termination signal after step {trainer.global_step}: saved {path}. "
+            "Continue with `grn fit ... --ckpt_path last`."
+        )
