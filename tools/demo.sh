@@ -69,7 +69,7 @@ for VARIANT in ind bit; do
 done
 
 echo "== 4/5 eval: make eval-imagenet on held-out demo photos (tokenizer half) and the GRN_ind checkpoint"
-make --no-print-directory eval-imagenet BIN="$BIN" EVAL_OUT="$OUT/eval_imagenet" \
+make --no-print-directory eval-imagenet BIN="$BIN" PYTHON="$BIN/python" EVAL_OUT="$OUT/eval_imagenet" \
   CKPT="$OUT/c2i_ind/tb/demo/checkpoints/last.ckpt" CONFIG=configs/smoke/c2i_ind.yaml NUM_SAMPLES=32 \
   TOKENIZER_CKPT="$TOK_CKPT" TOKENIZER_CONFIG=configs/smoke/tokenizer_image.yaml IMAGENET_VAL="$GRN_DEMO_DATA/raw/test" \
   EVAL_ARGS="--random-init --size 64 --batch-size 16 --tokenizer-batch-size 8 --workers 0 --is-splits 2 --recon-grid 8"

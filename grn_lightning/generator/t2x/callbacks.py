@@ -1,16 +1,17 @@
 """`T2XSampleLogger`: fixed-prompt samples of a `T2XModule` after validation, written to TensorBoard.
 
-Images go in as one grid; videos as a frame grid (one row per prompt, one column per frame), plus a real video
-(`add_video`) where TensorBoard's GIF encoder (moviepy) is installed. Sampling runs on every rank, since sharded
-(FSDP) weights gather collectively in each forward; only rank 0 writes.
+Images go in as one grid; videos as a frame grid (one row per prompt, one column per frame) and as a video (one
+tile per prompt; eval/video_summary.py, no moviepy needed). Sampling runs on every rank, since sharded (FSDP) weights
+gather collectively in each forward; only rank 0 writes. Composed configs keep one logger per stage (t2i.yaml's
+images, t2v.yaml's clips: `callbacks+:`), told apart by `name`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import lightning as L
 import torch
+
+from grn_lightning.eval.video_summary import log_video
 
 
 class T2XSampleLogger(L.Callback):
@@ -25,6 +26,7 @@ class T2XSampleLogger(L.Callback):
         seed: seed of the first prompt's sample (prompt i uses seed + i), fixed so runs are comparable.
         sampling: overrides of the module's sampling defaults (e.g. {"steps": 25}).
         fps: frame rate of the logged video.
+        name: TensorBoard tags `samples/<name>` (grid) and `samples/<name>_video` (clips), one per logger.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class T2XSampleLogger(L.Callback):
         seed: int = 0,
         sampling: dict | None = None,
         fps: int = 16,
+        name: str = "t2x",
     ) -> None:
         if not prompts:
             raise ValueError("T2XSampleLogger needs at least one prompt")
@@ -44,6 +47,7 @@ class T2XSampleLogger(L.Callback):
             raise ValueError(f"every_n_val_runs must be >= 1 and frames 1 + 4k, got {every_n_val_runs}, {frames}")
         self.prompts, self.height, self.width, self.frames = list(prompts), height, width, frames
         self.every, self.seed, self.sampling, self.fps = every_n_val_runs, seed, dict(sampling or {}), fps
+        self.name = name
         self.runs = 0
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -68,10 +72,10 @@ class T2XSampleLogger(L.Callback):
             experiment = getattr(logger, "experiment", None)
             if not hasattr(experiment, "add_image"):
                 continue
-            experiment.add_image("samples/t2x", grid, global_step=trainer.global_step)
-            # TensorBoard encodes videos with moviepy, an optional package (without it add_video only prints a notice)
-            if frames.shape[2] > 1 and hasattr(experiment, "add_video") and importlib.util.find_spec("moviepy"):
-                experiment.add_video("samples/t2x_video", frames.permute(0, 2, 1, 3, 4), trainer.global_step, self.fps)
+            experiment.add_image(f"samples/{self.name}", grid, global_step=trainer.global_step)
+            if frames.shape[2] > 1 and hasattr(experiment, "_get_file_writer"):  # a TensorBoard SummaryWriter
+                log_video(experiment, f"samples/{self.name}_video", frames.permute(0, 2, 1, 3, 4), trainer.global_step,
+                          self.fps)  # fmt: skip
 
     def state_dict(self) -> dict:
         return {"runs": self.runs}
