@@ -37,6 +37,7 @@ from grn_lightning.training.ckpt_settings import (
 )
 from grn_lightning.training.evaluation_step import EvaluateAtCheckpointStep
 from grn_lightning.training.preemption import PreemptionCheckpoint
+from grn_lightning.training.preflight import check_training_labels
 from grn_lightning.training.resume import checkpoint_folders, find_last_checkpoint
 
 
@@ -61,6 +62,11 @@ class GRNCLI(LightningCLI):
                  "values fill the model options, printed where they differ; one that differs from a value given on "
                  "the command line is an error), config (this configuration's values win, e.g. after moving a weights "
                  "file; the differences are printed).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--allow_uncaptioned", type=bool, default=False,
+            help="fit: train a text-to-image/video stage on shards whose records carry no caption (otherwise an "
+                 "error before training starts).",
         )  # fmt: skip
 
     # -- --ckpt_path: a file that exists, of this module class, saved with these model settings ----------------------
@@ -116,6 +122,8 @@ class GRNCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._resolve_last_checkpoint()
+        allow = bool(self.config_init[self.subcommand].get("allow_uncaptioned"))
+        check_training_labels(self.model, self.datamodule, allow_uncaptioned=allow)
 
     def before_validate(self) -> None:
         self._resolve_last_checkpoint()

@@ -196,3 +196,48 @@ def test_clip_samples_reach_tensorboard_as_videos(tmp_path):
         assert (frame[:, :8] == (colours[0, t] * 255).numpy()).all()  # left tile: clip 0
         assert (frame[:, 10:] == (colours[1, t] * 255).numpy()).all()  # right tile: clip 1
         assert (frame[:, 8:10] == 0).all()  # padding
+
+
+@pytest.fixture(scope="module")
+def unlabelled_shards(tmp_path_factory, demo_data) -> str:
+    """Held-out demo photos written by make_shards.py from a plain image folder: no class, no caption."""
+    photos = Path(demo_data["images-test"]).parents[1] / "raw/test"
+    out = tmp_path_factory.mktemp("unlabelled")
+    subprocess.run([sys.executable, str(REPO / "tools/make_shards.py"), "--image-folder", str(photos), "--out",
+                    str(out), "--prefix", "photos", "--quiet"], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    (shard,) = out.glob("photos-*.tar")
+    return str(shard)
+
+
+def test_unlabelled_shards_for_c2i(tmp_path, demo_data, unlabelled_shards):
+    proc = grn("fit", *c2i_args(tmp_path, demo_data, "--data.train_shards", unlabelled_shards))
+    assert_one_error(proc, f"data.train_shards: the first 16 records of {unlabelled_shards} carry no class",
+                     "--class-folder")  # fmt: skip
+
+
+def t2i_args(root: Path, demo_data: dict, train_shards: str, *extra: str) -> list[str]:
+    return ["--config", str(CONFIGS / "smoke/t2i.yaml"), "--trainer.default_root_dir", str(root),
+            "--trainer.logger.init_args.save_dir", str(root), "--trainer.limit_val_batches", "0",
+            "--data.train_shards", train_shards, "--data.val_shards", demo_data["images-val"], *extra]  # fmt: skip
+
+
+def test_captionless_shards_for_text_to_image(tmp_path, demo_data, unlabelled_shards):
+    proc = grn("fit", *t2i_args(tmp_path, demo_data, unlabelled_shards))
+    assert_one_error(proc, f"data.train_shards: the first 16 records of {unlabelled_shards} carry no caption",
+                     "--allow_uncaptioned true")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_captionless_shards_train_when_allowed(tmp_path, demo_data, unlabelled_shards):
+    proc = grn("fit", *t2i_args(tmp_path, demo_data, unlabelled_shards, "--trainer.max_steps", "1",
+                                "--allow_uncaptioned", "true"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)["global_step"] == 1
+
+
+def test_predict_class_ids_outside_the_model(tmp_path, preempted_run):
+    """configs/c2i_predict.yaml's ImageNet ids on the 8-class smoke model: refused before sampling."""
+    proc = grn("predict", "--config", str(CONFIGS / "smoke/c2i_ind.yaml"), "--config", str(CONFIGS / "c2i_predict.yaml"),
+               "--ckpt_path", str(preempted_run[3]), "--trainer.callbacks.output_dir", str(tmp_path / "samples"))  # fmt: skip
+    assert_one_error(proc, "data.class_ids: [88, 207, 279, 360, 387, 417, 974, 979] outside the model's classes 0..7")
+    assert not (tmp_path / "samples").exists() or not any((tmp_path / "samples").iterdir())

@@ -18,6 +18,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from grn_lightning.errors import GRNUserError
+
 
 def _identity(batch):
     return batch
@@ -76,6 +78,22 @@ class C2IPredictRequests(L.LightningDataModule):
             edit_image=edit_image, edit_class=edit_class, edit_samples=edit_samples, edit_rounds=edit_rounds,
             resolution=resolution, token_stride=token_stride,
         )  # fmt: skip
+
+    def setup(self, stage: str) -> None:
+        """Every requested class must exist in the model (before any sampling; an ImageNet id given to a 4-class
+        model failed deep inside the embedding with 'index out of range in self')."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        classes = getattr(module, "num_classes", None)
+        if classes is None:
+            return
+        edit = [self.hp["edit_class"]] if self.hp["edit_image"] is not None and self.hp["edit_class"] is not None else []
+        for option, ids in (("class_ids", self.class_ids), ("edit_class", edit)):
+            outside = sorted({c for c in ids if not 0 <= c < classes})
+            if outside:
+                raise GRNUserError(
+                    f"data.{option}: {outside} outside the model's classes 0..{classes - 1} (model.num_classes = "
+                    f"{classes}); give ids in that range, e.g. --data.class_ids \"{list(range(min(classes, 4)))}\"."
+                )
 
     def region_mask(self) -> torch.Tensor:
         """bool [h, w] token mask of `edit_region`."""
