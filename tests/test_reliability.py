@@ -241,3 +241,22 @@ def test_predict_class_ids_outside_the_model(tmp_path, preempted_run):
                "--ckpt_path", str(preempted_run[3]), "--trainer.callbacks.output_dir", str(tmp_path / "samples"))  # fmt: skip
     assert_one_error(proc, "data.class_ids: [88, 207, 279, 360, 387, 417, 974, 979] outside the model's classes 0..7")
     assert not (tmp_path / "samples").exists() or not any((tmp_path / "samples").iterdir())
+
+
+def test_ckpt_path_last_also_finds_slurm_requeue_checkpoints(tmp_path):
+    """Under SLURM, Lightning's auto-requeue saves hpc_ckpt_<n>.ckpt in default_root_dir on SIGUSR1; `--ckpt_path last`
+    takes the newest of those and the run's last.ckpt files."""
+    import lightning as L
+
+    from grn_lightning.training.resume import find_last_checkpoint
+
+    trainer = L.Trainer(default_root_dir=str(tmp_path), logger=False, accelerator="cpu", devices=1)
+    last = tmp_path / "checkpoints/last.ckpt"
+    last.parent.mkdir()
+    requeue = tmp_path / "hpc_ckpt_1.ckpt"
+    for age, path in ((100, last), (50, requeue)):
+        path.write_bytes(b"")
+        os.utime(path, (time.time() - age, time.time() - age))
+    assert find_last_checkpoint(trainer) == requeue
+    os.utime(last, None)  # now newer
+    assert find_last_checkpoint(trainer) == last

@@ -16,6 +16,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 LAST_PATTERN = "last*.ckpt"  # ModelCheckpoint(save_last=True) writes last.ckpt, or last-v1.ckpt beside an old one
+HPC_PATTERN = "hpc_ckpt_*.ckpt"  # Lightning's SLURM auto-requeue saves these in default_root_dir on SIGUSR1
 
 
 def checkpoint_folders(trainer: L.Trainer) -> list[Path]:
@@ -31,6 +32,7 @@ def checkpoint_folders(trainer: L.Trainer) -> list[Path]:
 
 
 def find_last_checkpoint(trainer: L.Trainer) -> Path | None:
-    """The most recently written `last*.ckpt` in `checkpoint_folders(trainer)`, or None."""
+    """The most recently written `last*.ckpt` in `checkpoint_folders(trainer)` or SLURM requeue checkpoint, or None."""
     found = [path for folder in checkpoint_folders(trainer) for path in folder.glob(LAST_PATTERN)]
+    found += Path(trainer.default_root_dir).glob(HPC_PATTERN)
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
