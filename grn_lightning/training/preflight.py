@@ -22,12 +22,12 @@ def _first_records(urls: list[str]) -> list[dict]:
     return list(itertools.islice(iterate_records(urls[:1], _SkipCounter()), RECORDS_READ))
 
 
-def _labels(record: dict) -> tuple[int, str]:
+def _labels(record: dict, caption_source: str) -> tuple[int, str]:
     """(class id or -1, caption or "") as the training reader reads them."""
     from grn_lightning.data.records import _metadata
 
     try:
-        return _metadata(record)
+        return _metadata(record, caption_source)
     except Exception:  # noqa: BLE001  (a broken record is the reader's business: it is skipped and counted there)
         return -1, ""
 
@@ -59,7 +59,7 @@ def check_training_labels(module: L.LightningModule, datamodule: L.LightningData
         records = _first_records(urls)
         if not records:
             continue  # an empty shard is the data module's error, with its own message
-        labels = [_labels(record) for record in records]
+        labels = [_labels(record, hparams.get("caption_source", "txt")) for record in records]
         if need == "cls" and all(cls < 0 for cls, _ in labels):
             raise GRNUserError(
                 f"data.{option}: the first {len(records)} records of {urls[0]} carry no class (a `cls` member or a "
