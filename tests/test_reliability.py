@@ -260,3 +260,36 @@ def test_ckpt_path_last_also_finds_slurm_requeue_checkpoints(tmp_path):
     assert find_last_checkpoint(trainer) == requeue
     os.utime(last, None)  # now newer
     assert find_last_checkpoint(trainer) == last
+
+
+def test_truncated_validation_shard(tmp_path, demo_data):
+    from grn_lightning.data.splits import expand_shards
+
+    whole = Path(expand_shards(demo_data["images-val"])[0]).read_bytes()
+    truncated = tmp_path / "val-000000.tar"
+    truncated.write_bytes(whole[: len(whole) // 2 + 100])  # cut inside a member, as an interrupted copy leaves it
+    proc = grn("fit", *c2i_args(tmp_path, demo_data, "--data.val_shards", str(truncated),
+                                "--trainer.limit_val_batches", "1"))  # fmt: skip
+    assert_one_error(proc, f"shard {truncated} is unreadable", "tools/make_shards.py")
+
+
+@pytest.mark.slow
+def test_tokenizer_clip_reconstructions_reach_tensorboard_as_videos(tmp_path, demo_data):
+    """The joint tokenizer smoke run: the video validation set's reconstructions are a video (input | reconstruction
+    per clip, every frame), next to the frame grid."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    proc = grn("fit", "--config", str(CONFIGS / "smoke/tokenizer_video.yaml"), "--trainer.max_steps", "2",
+               "--trainer.val_check_interval", "1", "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.num_frames", "5",
+               "--data.train_shards", demo_data["images-train"], "--data.val_shards", demo_data["images-val"],
+               "--data.train_video_shards", demo_data["videos-train"],
+               "--data.val_video_shards", demo_data["videos-val"], timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = EventAccumulator(str(tmp_path / "tb/version_0"))
+    events.Reload()
+    videos = events.Images("val/reconstructions_1_video")  # dataloader 1: the video validation set
+    assert videos and (videos[0].width, videos[0].height) == (2 * 64 + 2, 2 * 64 + 2)  # 2 clips x (input | recon)
+    gif = Image.open(__import__("io").BytesIO(videos[0].encoded_image_string))
+    assert gif.n_frames == 5

@@ -39,11 +39,14 @@ def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
     return buffer.getvalue()
 
 
-def log_video(experiment, tag: str, clips: torch.Tensor, global_step: int, fps: float = 16.0) -> None:
-    """Write clips [B, T, 3, H, W] in [0, 1] as one tiled video to a TensorBoard SummaryWriter."""
+def log_video(
+    experiment, tag: str, clips: torch.Tensor, global_step: int, fps: float = 16.0, columns: int | None = None
+) -> None:
+    """Write clips [B, T, 3, H, W] in [0, 1] as one tiled video (`columns` tiles per row, default all in one row) to
+    a TensorBoard SummaryWriter."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    frames = tile_clips(clips)
+    frames = tile_clips(clips, columns)
     image = Summary.Image(height=frames.shape[1], width=frames.shape[2], colorspace=3,
                           encoded_image_string=gif_bytes(frames, fps))  # fmt: skip
     # The same writer call that add_video ends in (torch.utils.tensorboard.SummaryWriter.add_video).

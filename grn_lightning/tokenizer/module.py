@@ -264,7 +264,7 @@ class TokenizerModule(L.LightningModule):
     @torch.no_grad()
     def _log_reconstructions(self, tag: str, x: torch.Tensor, x_hat: torch.Tensor) -> None:
         """Image grid: images → row of inputs over row of reconstructions; clips → per clip a row of input
-        frames over a row of reconstructed frames (TensorBoard video needs moviepy, which is not a dependency)."""
+        frames over a row of reconstructed frames, and a video (`<tag>_video`: input | reconstruction per clip)."""
         if not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
         loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
@@ -285,4 +285,13 @@ class TokenizerModule(L.LightningModule):
         grid = make_grid(tiles, nrow=nrow, padding=2)
         for logger in loggers:
             logger.experiment.add_image(tag, grid, self.global_step)
+        if t > 1:  # every frame, input and reconstruction side by side; at the data's frame rate
+            from grn_lightning.eval.video_summary import log_video
+
+            pairs = torch.stack([x[:n], x_hat[:n]], 1).flatten(0, 1).transpose(1, 2)  # [2n, T, 3, H, W]
+            clips = ((pairs.float() + 1) / 2).clamp(0, 1).cpu()
+            data_hparams = getattr(self.trainer.datamodule, "hparams", None) or {}
+            fps = float(data_hparams.get("fps", 16.0))
+            for logger in loggers:
+                log_video(logger.experiment, f"{tag}_video", clips, self.global_step, fps, columns=2)
 
