@@ -57,19 +57,16 @@ def _worker_message(err: BaseException) -> str | None:
 
 
 def user_error_message(err: BaseException) -> str | None:
-    """The one-line report of `err` when it is a failure the user can fix, else None (a bug: keep the traceback)."""
-    chain = _chain(err)
-    for link in chain:
+    """The one-line report of `err` when it is a failure the user can fix, else None (a bug: keep the traceback).
+    The outermost fitting link of the chain wins: ours wrap a library's error with the option or shard named."""
+    for link in _chain(err):
         found = _worker_message(link)  # first: a re-raised worker error carries the worker's traceback
         if found is not None:
             return found
-        if isinstance(link, GRNUserError):
+        if isinstance(link, GRNUserError) or isinstance(link, _FILE_ERRORS):
             return str(link)
-    root = chain[-1]
-    if isinstance(root, _FILE_ERRORS):
-        return str(root)
-    if isinstance(root, MisconfigurationException):
-        return f"{root} (a Trainer option; see `grn fit --help`)"
-    if isinstance(root, _VALUE_ERRORS) and _raised_by_us(root):
-        return str(root.args[0]) if isinstance(root, KeyError) and root.args else str(root)
+        if isinstance(link, MisconfigurationException):
+            return f"{link} (a Trainer option; see `grn fit --help`)"
+        if isinstance(link, _VALUE_ERRORS) and _raised_by_us(link):
+            return str(link.args[0]) if isinstance(link, KeyError) and link.args else str(link)
     return None
