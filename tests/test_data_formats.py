@@ -194,14 +194,16 @@ def test_make_shards_accepts_every_container_cuts_clips_splits_and_refuses_small
                        batch_size=2, num_workers=0)  # fmt: skip
     dm.setup("validate")
     videos = [b for b in dm.val_dataloader()]
-    sources = [json.loads(r["json"])["source"] for r in wds.tarfile_to_samples()(iter([{"url": summary["pattern"].replace("{000000..000000}", "000000")}]))]
+    shard = summary["pattern"].replace("{000000..000000}", "000000")
+    sources = [json.loads(r["json"])["source"] for r in wds.tarfile_to_samples()(iter([{"url": shard}]))]
     assert {s for s in sources if not s.startswith("photo")} == {f"clip.{e}" for e in CONTAINERS} | {"long.mp4"}
     assert sum(int(b["valid"].sum()) for b in videos) == 14  # every clip decodes (the photos are no videos)
 
     first, second = make("a", "--split", "train=0.5,val=0.25,test=0.25"), make("b", "--split", "train=2,val=1,test=1")
     assert first.stdout.replace(str(tmp_path / "a"), "") == second.stdout.replace(str(tmp_path / "b"), "")
     assert "train_shards: " in first.stdout and "val_shards: " in first.stdout
-    splits = {name: json.loads((tmp_path / "a" / f"mix-{name}.summary.json").read_text()) for name in ("train", "val", "test")}
+    splits = {name: json.loads((tmp_path / "a" / f"mix-{name}.summary.json").read_text())
+              for name in ("train", "val", "test")}  # fmt: skip
     assert sum(s["records"] for s in splits.values()) == 5 + 1 + 12 and all(s["records"] for s in splits.values())
     for extra in (["--split", "train=0.5,val"], ["--clip-seconds", "0"]):
         with pytest.raises(subprocess.CalledProcessError):

@@ -216,3 +216,16 @@ def test_make_shards_manifest_with_videos(demo_data, tmp_path):
     meta = json.loads(records[0]["json"])
     assert "mp4" in records[0] and meta["caption"] and meta["frames"] >= 20 and meta["fps"] > 0
     assert records[3]["cls"] == b"1" and "jpg" in records[3]
+
+
+def test_truncated_evaluation_shard_is_refused_naming_it(demo_val_image_shards, tmp_path):
+    """A truncated tar as a validation shard: an error naming the shard before any work, not tarfile's bare
+    ReadError (training instead skips and counts unreadable data: test_corrupt_records_are_skipped_and_counted)."""
+    from grn_lightning.data.streams import UnreadableShardError
+
+    whole = Path(expand_shards(demo_val_image_shards)[0]).read_bytes()
+    truncated = tmp_path / "val-000000.tar"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    dm = GRNDataModule(val_shards=str(truncated), resolution=32, batch_size=4, num_workers=0)
+    with pytest.raises(UnreadableShardError, match=f"data.val_shards: shard {truncated} is unreadable.*truncated"):
+        dm.setup("validate")

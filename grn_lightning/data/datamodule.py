@@ -27,7 +27,14 @@ from grn_lightning.data.resume import (
     this_ranks,
 )
 from grn_lightning.data.splits import check_local_shards, expand_shards, rank_and_world
-from grn_lightning.data.streams import EvalStream, MixedStream, TrainStream, UnreadableShardError, count_records, iterate_records
+from grn_lightning.data.streams import (
+    EvalStream,
+    MixedStream,
+    TrainStream,
+    UnreadableShardError,
+    count_records,
+    iterate_records,
+)
 from grn_lightning.data.video import VIDEO_BACKENDS, ClipRule, backend_unavailable
 
 log = logging.getLogger(__name__)

@@ -89,7 +89,10 @@ class _Reader:
         self.epoch = self.shard = self.offset = self.index = self.next_j = 0
         self.buffer: list[dict] = []
         self.shuffle_rng = self._rng("shuffle", 0)
-        if state is not None:
+        if state is not None and state.get("shards") != len(self.urls):
+            log.warning("reader %s: the checkpoint's stream read %s shard(s), this run gives it %d; it restarts from "
+                        "the beginning", slot, state.get("shards"), len(self.urls))  # fmt: skip
+        elif state is not None:
             self._restore(state)
 
     def _rng(self, purpose: str, number: int) -> random.Random:
@@ -179,8 +182,8 @@ class _Reader:
 
     def state(self) -> dict:
         return {
-            "epoch": self.epoch, "shard": self.shard, "offset": self.offset, "index": self.index,
-            "next_j": self.next_j, "shuffle_rng": python_rng_state(self.shuffle_rng),
+            "shards": len(self.urls), "epoch": self.epoch, "shard": self.shard, "offset": self.offset,
+            "index": self.index, "next_j": self.next_j, "shuffle_rng": python_rng_state(self.shuffle_rng),
             "buffer": [list(record["__identity__"]) for record in self.buffer],
             "pending": [[*identity, j] for group in self.groups.values() for identity, j, _ in group],
         }  # fmt: skip
