@@ -8,12 +8,14 @@
 #   bash benchmarks/run_gpu.sh t2x        # T2I train step, GRN2b, one 40,960-token row: token shards with cached
 #                                         # text (~2 min), then on the fly (VAE encode + umT5-XXL structure, ~4 min)
 #   bash benchmarks/run_gpu.sh train_data # C2I train-step MFU through GRNDataModule over token shards (8 workers)
+#   bash benchmarks/run_gpu.sh data_loader # loader samples/s; clips decoded by decord vs torchcodec vs PyAV (a backend
+#                                         # that cannot be imported prints a "skipped" line; est. ~4 min)
 # JSON lines go to $RESULTS/<benchmark>.jsonl (default results/), logs next to them.
 # Durations on one H200 (2026-12-02): tests ~3 min, train ~2.5 min, sample ~2 min, tokenizer ~5 min (the strict-
 # fp32 video row alone ~1.5 min): 'tests' and 'tokenizer' one call each. Since issue 12 (estimates, not yet run):
 # sample ~6 min and sampler ~6 min, one call each.
 set -uo pipefail
-[ $# -gt 0 ] || { echo "usage: run_gpu.sh tests|train|train_data|tokenizer|sample|sampler|t2x ..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: run_gpu.sh tests|train|train_data|data_loader|tokenizer|sample|sampler|t2x ..."; exit 2; }
 RESULTS="${RESULTS:-results}"
 PY="${PYTHON:-python3}"
 mkdir -p "$RESULTS"
@@ -38,6 +40,10 @@ for PART in "$@"; do
       bench t2x_host_step benchmarks/t2x_host_step.py --device cuda --repeats 10 --threads 4
       bench t2x_train_step benchmarks/t2x_train_step.py --data shards --workers 8
       bench t2x_train_step benchmarks/t2x_train_step.py --data media --encoders full --workers 12 ;;
+    data_loader)
+      "$PY" benchmarks/data_loader.py build --out .bench_data >> "$RESULTS/data_loader.log" 2>&1
+      bench data_loader benchmarks/data_loader.py run --data .bench_data --workers 1 8 --image-batches 40 \
+        --video-batches 12 --backends decord torchcodec av ;;
     train_data)
       bench c2i_train_step benchmarks/c2i_train_step.py --sizes B L --compile block --steps 20 --warmup 8 \
         --data shards --workers 8 ;;

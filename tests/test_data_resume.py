@@ -129,35 +129,11 @@ def test_killed_fit_resumes_with_the_same_losses(tmp_path, demo_data, name):
     expected, got = _losses(straight), _losses(broken)
     assert sorted(expected) == [0, 1, 2, 3] and sorted(got) == [0, 1, 2, 3]  # the killed run logged steps 0 and 1
     for step in (2, 3):
-        assert got.get(step) == expected[step], f"step {step}: resumed {got.get(step)}, uninterrupted {expected[step]}"
-
-
-def _two_rank_worker(rank: int, init_file: str, shards: str, out: str) -> None:
-    """One of two gloo ranks: 12 batches straight, the data module's state after 5, then a fresh data module resumed
-    from that state; writes both continuations."""
-    import torch
-
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2")
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    args = dict(kind="image", train_shards=shards, resolution=32, batch_size=4, shuffle_buffer=8, num_workers=0, seed=5)
-    first = GRNDataModule(**args)
-    first.setup("fit")
-    uninterrupted, state = _batches(first, 12, state_after=5)  # state_dict gathers both ranks' readers
-    resumed = GRNDataModule(**args)
-    resumed.load_state_dict(state)  # each rank takes its own entry
-    resumed.setup("fit")
-    continued, _ = _batches(resumed, 7)
-    result = {"uninterrupted": uninterrupted, "continued": continued, "ranks": len(state["ranks"])}
-    torch.save(result, f"{out}/{rank}.pt")
-    torch.distributed.destroy_process_group()
-
-
-def test_two_ranks_each_resume_their_own_stream(demo_data, tmp_path):
-    import torch
-
-    arguments = (str(tmp_path / "init"), demo_data["images-train"], str(tmp_path))
-    torch.multiprocessing.spawn(_two_rank_worker, args=arguments, nprocs=2)
-    results = [torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1)]
-    for result in results:
-        assert result["ranks"] == 2 and result["continued"] == result["uninterrupted"][5:]
-    assert results[0]["uninterrupted"] != results[1]["uninterrupted"]  # the ranks read different records
+        # every loss of the step, and every other metric both runs logged: C2I logs an accuracy bin only in steps
+        # with samples in it, and in a step without, Lightning repeats the bin's value of the step before, which a
+        # restarted process does not have
+        losses = {key for key in expected[step] if "loss" in key}
+        assert losses and losses <= got[step].keys(), f"step {step}: resumed run logged {sorted(got[step])}"
+        common = expected[step].keys() & got[step].keys()
+        resumed, straight = ({k: row[k] for k in common} for row in (got[step], expected[step]))
+        assert resumed == straight, f"step {step}: resumed {resumed}, uninterrupted {straight}"
