@@ -137,3 +137,21 @@ def test_killed_fit_resumes_with_the_same_losses(tmp_path, demo_data, name):
         common = expected[step].keys() & got[step].keys()
         resumed, straight = ({k: row[k] for k in common} for row in (got[step], expected[step]))
         assert resumed == straight, f"step {step}: resumed {resumed}, uninterrupted {straight}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_device_generators_are_in_the_data_module_state():
+    """The CUDA generators' states go into the checkpoint with the CPU ones, and restoring them repeats the draws."""
+    import torch
+
+    from grn_lightning.data.resume import restore_rng_states
+
+    torch.cuda.manual_seed_all(7)
+    torch.rand(3, device="cuda")
+    state = GRNDataModule(num_workers=0).state_dict()
+    expected = (torch.rand(5, device="cuda"), torch.rand(5))
+    torch.rand(100, device="cuda"), torch.rand(100)
+    restore_rng_states(state["ranks"][0]["rng"])
+    assert "cuda" in state["ranks"][0]["rng"]
+    assert torch.equal(torch.rand(5, device="cuda"), expected[0]) and torch.equal(torch.rand(5), expected[1])
