@@ -170,6 +170,7 @@ def _write_clips_in_a_fresh_process(clips: list[tuple[Path, str, float]]) -> Non
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # 28-56 s on the shared 2-core machine: five make_shards runs and a clip-writing interpreter
 def test_make_shards_accepts_every_container_cuts_clips_splits_and_refuses_small_images(tmp_path):
     media = tmp_path / "media"
     media.mkdir()
