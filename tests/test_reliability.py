@@ -104,9 +104,13 @@ def test_sigterm_saves_at_the_step_reached_and_last_resumes_from_it(preempted_ru
     assert final["global_step"] == step + 2
 
     # Item 9: what a user sees of a smoke run — no advertising tip, no deprecation spam, a step bar that ends full.
-    shown = resumed.stdout + resumed.stderr
+    assert_quiet(resumed.stdout + resumed.stderr, step + 2)
+
+
+def assert_quiet(shown: str, steps: int) -> None:
     assert "Tip:" not in shown and "litlogger" not in shown and "deprecated" not in shown.lower(), shown[-3000:]
-    assert re.search(rf"Step\s.*\b{step + 2}/{step + 2}\b", shown), shown[-2000:]
+    assert "Warning" not in shown and "warn(" not in shown, shown[-3000:]
+    assert re.search(rf"Step\s.*\b{steps}/{steps}\b", shown) and "Epoch 0/-2" not in shown, shown[-2000:]
 
 
 @pytest.mark.slow
@@ -233,6 +237,7 @@ def test_captionless_shards_train_when_allowed(tmp_path, demo_data, unlabelled_s
                                 "--allow_uncaptioned", "true"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)["global_step"] == 1
+    assert_quiet(proc.stdout + proc.stderr, 1)
 
 
 def test_predict_class_ids_outside_the_model(tmp_path, preempted_run):
