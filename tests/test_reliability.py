@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
-def grn(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GRN_DEBUG": "", "PYTHONUNBUFFERED": "1"}
+def grn(*args: str, timeout: int = 300, debug: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GRN_DEBUG": debug, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "grn_lightning.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)  # fmt: skip
 
@@ -126,6 +126,8 @@ def test_missing_ckpt_path_file(tmp_path, demo_data):
     missing = tmp_path / "nowhere/last.ckpt"
     proc = grn("fit", *c2i_args(tmp_path, demo_data, "--ckpt_path", str(missing)))
     assert_one_error(proc, f"--ckpt_path {missing}: no such file", "--ckpt_path last")
+    debug = grn("fit", *c2i_args(tmp_path, demo_data, "--ckpt_path", str(missing)), debug="1")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "GRNUserError" in debug.stderr
 
 
 def test_missing_shards(tmp_path, demo_data):
