@@ -95,10 +95,9 @@ def _shard_data(module, batch: int, workers: int, work: str | None):
 
     from grn_lightning.data.datamodule import GRNDataModule
 
-    hp = module.hparams
+    net = module.model
     folder = os.path.join(work or tempfile.mkdtemp(prefix="c2i_bench_"), "tokens")
-    pattern = write_token_shards(folder, max(8 * batch, 512), 8, hp.channels, hp.rounds, (hp.grid_size, hp.grid_size),
-                                 num_classes=1000)  # fmt: skip
+    pattern = write_token_shards(folder, max(8 * batch, 512), 8, net.channels, net.rounds, net.grid, num_classes=1000)
     return GRNDataModule(kind="tokens", train_shards=pattern, batch_size=batch, num_workers=workers,
                          shuffle_buffer=256, random_flip=True)  # fmt: skip
 
@@ -106,13 +105,16 @@ def _shard_data(module, batch: int, workers: int, work: str | None):
 def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warmup: int, ac: bool, device: str,
         profile: bool = False, peak_tflops: float = PEAK_TFLOPS, data: str = "repeat", workers: int = 8,
         work: str | None = None) -> dict:
+    from grn_lightning.generator.c2i.model import GRNC2ITransformer
     from grn_lightning.generator.c2i.module import C2IModule
+    from grn_lightning.generator.options import EMATracks, Optimization, Parallelism
     from grn_lightning.training.flops import c2i_step_flops
 
     torch.set_float32_matmul_precision("high")
     module = C2IModule(
-        size=size, variant=variant, lr=2e-4, ema_decay=0.9999, ema_decay_2=0.9996, compile=compile_mode,
-        activation_checkpointing=ac,
+        GRNC2ITransformer(size=size, variant=variant), optimization=Optimization(lr=2e-4),
+        ema=EMATracks(decay=0.9999, decay_2=0.9996),
+        parallelism=Parallelism(compile=compile_mode, activation_checkpointing=ac),
     )  # fmt: skip
     model = module.model
     params = sum(p.numel() for p in model.parameters())
@@ -122,7 +124,7 @@ def run(size: str, batch: int, variant: str, compile_mode: str, steps: int, warm
     else:
         datamodule = None
         loader = torch.utils.data.DataLoader(
-            RepeatedTokens(batch, module.hparams.channels, module.hparams.rounds, module.hparams.grid_size, 1000),
+            RepeatedTokens(batch, model.channels, model.rounds, model.grid[0], 1000),
             batch_size=None, pin_memory=True,
         )  # fmt: skip
     timer = StepTimer(warmup)

@@ -52,14 +52,16 @@ def _batch(images: int, grid: int, seed: int = 0) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from grn_lightning.generator.t2x.module import T2XModule
+    from grn_lightning.generator.t2x.model import GRNT2XTransformer
+    from grn_lightning.generator.t2x.module import Packing, T2XModule
 
     torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"
     batch = _batch(args.images, args.grid)
     text = GivenTextStates(batch["caption"], device=args.device)
-    module = T2XModule(size="tiny", variant="bit", channels=64, rounds=4, text_encoder=text, text_dim=4096,
-                       token_budget=args.budget, pad_to_budget=True, max_rows=1).to(args.device)  # fmt: skip
+    module = T2XModule(GRNT2XTransformer(size="tiny", variant="bit", channels=64, rounds=4, text_dim=4096),
+                       text_encoder=text,
+                       packing=Packing(token_budget=args.budget, pad_to_budget=True, max_rows=1)).to(args.device)  # fmt: skip
     batch["tokens"] = batch["tokens"].to(args.device)
     totals, hosts = [], []
     for i in range(args.repeats + 1):

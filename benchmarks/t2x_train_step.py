@@ -55,7 +55,9 @@ def _encoders(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> dict:
     from grn_lightning.data.datamodule import GRNDataModule
-    from grn_lightning.generator.t2x.module import T2XModule
+    from grn_lightning.generator.options import Corruption, Parallelism
+    from grn_lightning.generator.t2x.model import GRNT2XTransformer
+    from grn_lightning.generator.t2x.module import Packing, T2XModule
     from grn_lightning.training.flops import t2x_step_flops
 
     torch.set_float32_matmul_precision("high")
@@ -75,10 +77,13 @@ def run(args: argparse.Namespace) -> dict:
                              num_workers=args.workers, shuffle_buffer=64)  # fmt: skip
         tokenizer, text = _encoders(args)
         text_dim = text.width
-    module = T2XModule(size=args.size, variant="bit", channels=64, rounds=4, tokenizer=tokenizer, text_encoder=text,
-                       text_dim=text_dim, attention=args.attention, token_budget=args.budget, pad_to_budget=True,
-                       max_rows=1, caption_dropout=0.1, compile=args.compile,
-                       activation_checkpointing=args.activation_checkpointing)  # fmt: skip
+    transformer = GRNT2XTransformer(size=args.size, variant="bit", channels=64, rounds=4, text_dim=text_dim,
+                                    attention=args.attention)  # fmt: skip
+    module = T2XModule(transformer, tokenizer=tokenizer, text_encoder=text,
+                       packing=Packing(token_budget=args.budget, pad_to_budget=True, max_rows=1),
+                       corruption=Corruption(ratio_mu=-1.3, ratio_sigma=1.3, condition_dropout=0.1),
+                       parallelism=Parallelism(compile=args.compile,
+                                               activation_checkpointing=args.activation_checkpointing))  # fmt: skip
     seen = {}
 
     class Tokens(L.Callback):  # real (unpadded) tokens per sample and text tokens, from the module's own packing

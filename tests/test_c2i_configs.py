@@ -45,15 +45,19 @@ def test_full_configs_print_and_match_the_paper(files, size, variant, cfg, tau, 
     config = yaml.safe_load(capsys.readouterr().out)
     model = config["model"]["init_args"]
     assert config["model"]["class_path"] == "grn_lightning.generator.c2i.module.C2IModule"
-    assert (model["size"], model["variant"]) == (size, variant)
-    sampling = model["sampling"]
+    transformer = model["transformer"]["init_args"]
+    assert (transformer["size"], transformer["variant"]) == (size, variant)
+    sampling = model["sampler"]["init_args"]
     assert (sampling["cfg_scale"], sampling["temperature"], sampling["cfg_interval"]) == (cfg, tau, [low, 1.0])
     assert sampling["steps"] == 50 and sampling["schedule"] == "linear"
     # SPEC §3 recipe: batch 1024 (lr rule → 2e-4), 5-epoch warm-up, clip 0.1, EMA 0.9999 (+0.9996), 600 epochs.
-    assert model["global_batch_size"] == 1024 and model["base_lr"] == 5e-5 and model["lr"] is None
-    assert model["warmup_epochs"] == 5 and model["betas"] == [0.9, 0.95] and model["weight_decay"] == 0.0
-    assert (model["ema_decay"], model["ema_decay_2"]) == (0.9999, 0.9996)
-    assert (model["ratio_mu"], model["ratio_sigma"], model["label_dropout"]) == (-0.8, 0.8, 0.1)
+    opt = model["optimization"]
+    assert opt["global_batch_size"] == 1024 and opt["base_lr"] == 5e-5 and opt["lr"] is None
+    assert opt["warmup_epochs"] == 5 and opt["betas"] == [0.9, 0.95] and opt["weight_decay"] == 0.0
+    assert (model["ema"]["decay"], model["ema"]["decay_2"]) == (0.9999, 0.9996)
+    corruption = model["corruption"]
+    assert (corruption["ratio_mu"], corruption["ratio_sigma"], corruption["condition_dropout"]) == (-0.8, 0.8, 0.1)
+    assert config["data"]["init_args"]["batch_size"] is None  # given by the model: 1024 / (devices × accumulation)
     trainer = config["trainer"]
     assert trainer["gradient_clip_val"] == 0.1 and trainer["precision"] == "bf16-mixed"
     steps_per_epoch = -(-1281167 // 1024)
@@ -64,12 +68,14 @@ def test_full_configs_print_and_match_the_paper(files, size, variant, cfg, tau, 
 
 @pytest.mark.parametrize("size", ["B", "L", "H", "G"])
 def test_full_sizes_build_on_meta_with_spec_counts(size):
+    from grn_lightning.generator.c2i.model import GRNC2ITransformer
     from grn_lightning.generator.c2i.module import C2IModule
+    from grn_lightning.generator.options import EMATracks, Optimization
 
     init = yaml.safe_load((CONFIGS / f"c2i_grn_{size.lower()}.yaml").read_text())["model"]["init_args"]
-    init = {k: v for k, v in init.items() if k not in ("tokenizer", "tokenizer_ckpt")}
     with torch.device("meta"):
-        module = C2IModule(**init)
+        transformer = GRNC2ITransformer(**init["transformer"]["init_args"])
+        module = C2IModule(transformer, optimization=Optimization(**init["optimization"]), ema=EMATracks(**init["ema"]))
     trained = sum(p.numel() for p in module.model.parameters())
     assert abs(trained / SPEC_PARAMS[size] - 1) < 0.03, trained
     assert sum(p.numel() for p in module.ema.parameters()) == trained
@@ -114,10 +120,23 @@ def test_smoke_configs_train_validate_and_checkpoint(tmp_path, demo_data, files)
           "--trainer.accelerator", "cpu", "--trainer.callbacks.output_dir", str(out),
           "--trainer.default_root_dir", root,
           "--data.class_ids", "[1, 5]", "--data.samples_per_class", "2", "--data.resolution", "64",
-          "--data.edit_image", str(photo), "--data.edit_samples", "1", "--data.sampling", "{steps: 4}",
-          "--trainer.enable_progress_bar", "false"])  # fmt: skip
+          "--data.edit_image", str(photo), "--data.edit_samples", "1", "--trainer.enable_progress_bar", "false",
+          "--model.init_args.sampler.init_args.steps", "4"])  # fmt: skip
     names = sorted(p.name for p in out.glob("*.png"))
     assert names[:1] == ["class0001_000.png"] and "grid.png" in names and len(names) == 6, names
+
+    # A predict-time sampling override reaches the module's sampler through the CLI although the checkpoint was
+    # trained with other sampling options (sampling is not saved in checkpoints), and it changes the samples.
+    def predict(steps: str, folder: str):
+        cli = main(["predict", *_args(files + ["c2i_predict.yaml"]), "--ckpt_path", str(checkpoints[0]),
+                    "--trainer.accelerator", "cpu", "--trainer.callbacks.output_dir", str(tmp_path / folder),
+                    "--trainer.default_root_dir", root, "--data.class_ids", "[1, 5]", "--data.samples_per_class", "2",
+                    "--data.resolution", "64", "--trainer.enable_progress_bar", "false",
+                    "--model.init_args.sampler.init_args.steps", steps])  # fmt: skip
+        return cli.model.sampler.steps, (tmp_path / folder / "class0001_000.png").read_bytes()
+
+    (steps_a, image_a), (steps_b, image_b), (_, image_c) = predict("3", "a"), predict("5", "b"), predict("3", "c")
+    assert (steps_a, steps_b) == (3, 5) and image_a == image_c and image_a != image_b
 
 
 def test_ckpt_path_last_resumes_across_logger_versions(tmp_path, demo_data):

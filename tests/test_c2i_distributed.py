@@ -19,6 +19,17 @@ import torch
 STEPS = 3
 
 
+from grn_lightning.generator.options import Corruption, EMATracks, Optimization, Parallelism
+
+
+def _tiny_transformer(num_classes: int = 3):
+    """The tiny C2I transformer of these tests: 4 channels, 4 rounds, a 4x4 token grid."""
+    from grn_lightning.generator.c2i.model import GRNC2ITransformer
+
+    return GRNC2ITransformer(size="tiny", variant="ind", channels=4, rounds=4, num_classes=num_classes, grid_size=4,
+                             in_context_tokens=4)  # fmt: skip
+
+
 def _full_state(module, root=None) -> dict[str, torch.Tensor]:
     """Full (unsharded) fp32 copies of the raw and EMA weights, collective under FSDP2 / FSDP1.
 
@@ -78,19 +89,23 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
     # "..._bf16" and the 1-GPU FSDP2 modes run the default bf16 MixedPrecisionPolicy (configs H/G and T2X)
     bf16 = "bf16" in mode or mode.startswith("fsdp2") and mode.endswith("gpu1")
     if "t2x" in mode:  # the T2I module shares the sharding, EMA and checkpoint code (generator/module.py)
-        from grn_lightning.generator.t2x.module import T2XModule
+        from grn_lightning.generator.t2x.model import GRNT2XTransformer
+        from grn_lightning.generator.t2x.module import Packing, T2XModule
         from grn_lightning.generator.t2x.text import UMT5TextEncoder
 
         text = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4, "vocab_size": 384}
         module = T2XModule(
-            size="tiny", variant="bit", channels=4, rounds=4, text_dim=32, token_budget=256, pad_multiple=16,
-            text_encoder=UMT5TextEncoder(random_init=text, max_length=32, dtype="float32"), caption_dropout=0.0,
-            lr=1e-3, warmup_steps=0, ema_decay=0.5, activation_checkpointing=True, fsdp_bf16_params=bf16,
+            GRNT2XTransformer(size="tiny", variant="bit", channels=4, rounds=4, text_dim=32),
+            text_encoder=UMT5TextEncoder(random_init=text, max_length=32, dtype="float32"),
+            corruption=Corruption(ratio_mu=-1.3, ratio_sigma=1.3, condition_dropout=0.0),
+            packing=Packing(token_budget=256, pad_multiple=16), ema=EMATracks(decay=0.5),
+            optimization=Optimization(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01),
+            parallelism=Parallelism(activation_checkpointing=True, fsdp_bf16_params=bf16),
         )  # fmt: skip
     else:
         module = C2IModule(
-            size="tiny", variant="ind", channels=4, rounds=4, num_classes=3, grid_size=4, in_context_tokens=4,
-            lr=1e-3, ema_decay=0.5, activation_checkpointing=(mode == "fsdp2"), fsdp_bf16_params=bf16,
+            _tiny_transformer(), optimization=Optimization(lr=1e-3), ema=EMATracks(decay=0.5),
+            parallelism=Parallelism(activation_checkpointing=(mode == "fsdp2"), fsdp_bf16_params=bf16),
         )  # fmt: skip
     accelerator, precision = "cpu", "32-true"
     if mode.startswith("fsdp2"):
@@ -165,7 +180,7 @@ def test_two_process_training_and_resume_keeps_ema(tmp_path, mode):
         from grn_lightning.eval.loading import load_lightning_checkpoint
         from grn_lightning.generator.c2i.module import C2IModule
 
-        plain = C2IModule(size="tiny", channels=4, num_classes=3, grid_size=4, in_context_tokens=4)
+        plain = C2IModule(_tiny_transformer())
         load_lightning_checkpoint(plain, os.path.join(out, f"{mode}.ckpt"))
         for name, p in plain.ema.named_parameters():
             assert torch.equal(p, saved[0]["state"][f"ema.{name}"]), name
@@ -246,9 +261,9 @@ def test_gpu_bf16_compiled_training_step_learns(tmp_path):
     torch.manual_seed(0)
     tokens = torch.randint(0, 16, (8, 4, 1, 4, 4))
     batch = {"tokens": tokens, "cls": torch.arange(8), "valid": torch.ones(8, dtype=torch.bool)}
-    module = C2IModule(size="tiny", channels=4, num_classes=8, label_dropout=0.0, grid_size=4, in_context_tokens=4,
-                       lr=3e-3,
-                       compile="block", activation_checkpointing=True, ema_decay=0.9)  # fmt: skip
+    module = C2IModule(_tiny_transformer(num_classes=8), corruption=Corruption(condition_dropout=0.0),
+                       optimization=Optimization(lr=3e-3), ema=EMATracks(decay=0.9),
+                       parallelism=Parallelism(compile="block", activation_checkpointing=True))  # fmt: skip
     losses = []
 
     class Log(L.Callback):

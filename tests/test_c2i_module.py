@@ -9,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from grn_lightning.generator.c2i.model import GRNC2ITransformer
 from grn_lightning.generator.c2i.module import C2IModule
+from grn_lightning.generator.options import Corruption, EMATracks, Optimization, Parallelism
+from grn_lightning.generator.sampling.sampler import RefinementSampler
 from grn_lightning.tokenizer.vae import HBQTokenizer
 
 RES, GRID, CHANNELS, CLASSES = 64, 4, 16, 4
@@ -45,11 +48,13 @@ def photo_batch(tokenizer) -> dict:
             "valid": torch.ones(CLASSES, dtype=torch.bool)}  # fmt: skip
 
 
-def tiny_module(tokenizer=None, **kwargs) -> C2IModule:
-    args = dict(size="tiny", variant="ind", channels=CHANNELS, rounds=4, num_classes=CLASSES, grid_size=GRID,
-                in_context_tokens=4, tokenizer=tokenizer, lr=3e-3, ema_decay=0.9, label_dropout=0.1)  # fmt: skip
+def tiny_module(tokenizer=None, transformer: dict | None = None, **kwargs) -> C2IModule:
+    """A tiny C2I module; `transformer` overrides GRNC2ITransformer arguments, `kwargs` C2IModule ones."""
+    net = dict(size="tiny", variant="ind", channels=CHANNELS, rounds=4, num_classes=CLASSES, grid_size=GRID,
+               in_context_tokens=4)  # fmt: skip
+    args = dict(tokenizer=tokenizer, optimization=Optimization(lr=3e-3), ema=EMATracks(decay=0.9))
     args.update(kwargs)
-    return C2IModule(**args)
+    return C2IModule(GRNC2ITransformer(**{**net, **(transformer or {})}), **args)
 
 
 class _Repeat(torch.utils.data.IterableDataset):
@@ -81,7 +86,7 @@ def _fit(module: C2IModule, batch: dict, steps: int, root: str) -> tuple[list[fl
 @pytest.mark.parametrize("variant", ["ind", "bit"])
 def test_overfits_real_image_tokens_and_samples_decode(tmp_path, tokenizer, photo_batch, variant):
     torch.manual_seed(0)
-    module = tiny_module(tokenizer, variant=variant, sample_weights="raw")
+    module = tiny_module(tokenizer, {"variant": variant}, ema=EMATracks(decay=0.9, sample_weights="raw"))
     batch = {"tokens": photo_batch["tokens"], "cls": photo_batch["cls"], "valid": photo_batch["valid"]}
     losses, trainer = _fit(module, batch, 250, str(tmp_path))
     uniform = math.log(module.model.classes)  # ln K: the loss of a uniform guess (and of the zero-init head)
@@ -115,7 +120,7 @@ def test_media_batches_use_the_frozen_tokenizer(tokenizer, photo_batch):
     tokens = module.model_labels(from_pixels)
     assert tokens.shape == (CLASSES, GRID * GRID, CHANNELS)
     assert torch.equal(module.index_from_model_labels(tokens), photo_batch["tokens"])
-    bit = tiny_module(tokenizer, variant="bit")
+    bit = tiny_module(tokenizer, {"variant": "bit"})
     bits = bit.model_labels(from_pixels)
     assert bits.shape == (CLASSES, GRID * GRID, 4 * CHANNELS) and int(bits.max()) == 1
     assert torch.equal(bit.index_from_model_labels(bits), photo_batch["tokens"])
@@ -137,18 +142,25 @@ def test_one_step_on_pixels_equals_one_step_on_tokens(tokenizer, photo_batch):
 
 
 def test_lr_rule_warmup_and_option_errors():
-    module = tiny_module(lr=None, base_lr=5e-5, global_batch_size=1024, warmup_epochs=5, epoch_size=1281167)
+    rule = Optimization(lr=None, base_lr=5e-5, global_batch_size=1024, warmup_epochs=5, epoch_size=1281167)
+    module = tiny_module(optimization=rule)
     assert module.learning_rate() == pytest.approx(2e-4)
     assert module.warmup_total_steps() == math.ceil(5 * 1281167 / 1024)
-    for bad, needle in ((dict(size="XL"), "model.size"), (dict(variant="idx"), "model.variant"),
-                        (dict(compile="yes"), "model.compile"), (dict(sample_weights="ema2"), "ema_decay_2"),
-                        (dict(warmup_epochs=1), "epoch_size"), (dict(sampling={"stepz": 3}), "sampling")):  # fmt: skip
+    for bad, needle in ((dict(size="XL"), "size"), (dict(variant="idx"), "variant")):
         with pytest.raises(ValueError, match=needle):
-            tiny_module(**bad)
+            tiny_module(transformer=bad)
+    for build, needle in ((lambda: Parallelism(compile="yes"), "model.parallelism.compile"),
+                          (lambda: EMATracks(sample_weights="ema2"), "model.ema.decay_2"),
+                          (lambda: Optimization(warmup_epochs=1), "epoch_size"),
+                          (lambda: Optimization(lr=None), "global_batch_size"),
+                          (lambda: Corruption(condition_dropout=1.0), "condition_dropout"),
+                          (lambda: tiny_module(accuracy_bins=0), "accuracy_bins")):  # fmt: skip
+        with pytest.raises(ValueError, match=needle):
+            build()
 
 
 def test_ema_update_and_second_track():
-    module = tiny_module(ema_decay=0.5, ema_decay_2=0.75)
+    module = tiny_module(ema=EMATracks(decay=0.5, decay_2=0.75))
     with torch.no_grad():
         for p in module.model.parameters():
             p.add_(1.0)
@@ -192,7 +204,8 @@ def test_predict_writes_pngs_grid_and_edits(tmp_path, tokenizer):
 
     src = tmp_path / "photo.png"
     Image.fromarray(((real_images()[1, :, 0].permute(1, 2, 0) + 1) * 127.5).byte().numpy()).save(src)
-    module = tiny_module(tokenizer, sampling=dict(steps=4, cfg_scale=1.5, cfg_interval=[0.0, 1.0], temperature=1.0))
+    sampler = RefinementSampler(steps=4, cfg_scale=1.5, cfg_interval=(0.0, 1.0), temperature=1.0)
+    module = tiny_module(tokenizer, sampler=sampler)
     requests = C2IPredictRequests(
         class_ids=[0, 2], samples_per_class=3, batch_size=4, edit_image=str(src), edit_region=[0.0, 0.0, 0.5, 1.0],
         edit_class=1, edit_samples=2, resolution=RES,
@@ -209,7 +222,8 @@ def test_predict_writes_pngs_grid_and_edits(tmp_path, tokenizer):
 
 
 def test_sample_images_contract_for_generation_metrics(tokenizer):
-    module = tiny_module(tokenizer, sampling=dict(steps=3, cfg_scale=2.0, cfg_interval=[0.0, 1.0], temperature=1.0))
+    sampler = RefinementSampler(steps=3, cfg_scale=2.0, cfg_interval=(0.0, 1.0), temperature=1.0)
+    module = tiny_module(tokenizer, sampler=sampler)
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     a = module.sample_images(torch.tensor([0, 1, 3]), g1)
     b = module.sample_images(torch.tensor([0, 1, 3]), g2)
@@ -218,7 +232,7 @@ def test_sample_images_contract_for_generation_metrics(tokenizer):
 
 
 def test_validation_ignores_padding_rows_and_configure_model_wraps_once(tmp_path, photo_batch):
-    module = tiny_module(activation_checkpointing=True)
+    module = tiny_module(parallelism=Parallelism(activation_checkpointing=True))
     module.configure_model()
     module.configure_model()  # Lightning calls it again for every fit/validate/test: no double wrapping
     wrapped = [type(b).__name__ for b in module.model.blocks]

@@ -121,8 +121,12 @@ def c2i_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("c2i")
     model = {"class_path": "grn_lightning.generator.c2i.module.C2IModule", "init_args": {
-        "size": "tiny", "variant": "ind", "channels": 4, "rounds": 2, "num_classes": 8, "grid_size": 2,
-        "in_context_tokens": 2, "ema_decay": 0.9, "sampling": {"steps": 3, "schedule": "linear"},
+        "transformer": {"class_path": "grn_lightning.generator.c2i.model.GRNC2ITransformer", "init_args": {
+            "size": "tiny", "variant": "ind", "channels": 4, "rounds": 2, "num_classes": 8, "grid_size": 2,
+            "in_context_tokens": 2}},
+        "ema": {"decay": 0.9},
+        "sampler": {"class_path": "grn_lightning.generator.sampling.sampler.RefinementSampler",
+                    "init_args": {"steps": 3, "schedule": "linear"}},
         "tokenizer": {"class_path": "grn_lightning.tokenizer.vae.HBQTokenizer",
                       "init_args": {"latent_channels": 4, "num_rounds": 2, "preset": "tiny"}}}}  # fmt: skip
     (root / "c2i.yaml").write_text(yaml.safe_dump({"model": model}))

@@ -49,9 +49,14 @@ def _run_job(*args: str, timeout: int = 240) -> None:
 
 def _tiny_c2i(**kwargs) -> C2IModule:
     """The tiny C2I generator of tests/test_c2i_distributed.py (4x4 token grid, 4 channels, 3 classes)."""
-    args = dict(size="tiny", variant="ind", channels=4, rounds=4, num_classes=3, grid_size=4, in_context_tokens=4,
-                lr=1e-3, ema_decay=EMA_DECAY, fsdp_bf16_params=False)  # fmt: skip
-    return C2IModule(**{**args, **kwargs})
+    from grn_lightning.generator.c2i.model import GRNC2ITransformer
+    from grn_lightning.generator.options import EMATracks, Optimization, Parallelism
+
+    transformer = GRNC2ITransformer(size="tiny", variant="ind", channels=4, rounds=4, num_classes=3, grid_size=4,
+                                    in_context_tokens=4)  # fmt: skip
+    args = dict(optimization=Optimization(lr=1e-3), ema=EMATracks(decay=EMA_DECAY),
+                parallelism=Parallelism(fsdp_bf16_params=False))  # fmt: skip
+    return C2IModule(transformer, **{**args, **kwargs})
 
 
 def _token_batches(count: int = 4) -> list[dict]:
@@ -208,7 +213,7 @@ def test_consolidated_checkpoint_loads_without_distributed_setup(sharded_run, tm
     assert not any(hasattr(v, "to_local") for v in checkpoint["state_dict"].values())  # plain tensors, no DTensor
 
     loaded = C2IModule.load_from_checkpoint(str(output))  # hyper-parameters from the file
-    assert loaded.hparams.ema_decay == EMA_DECAY
+    assert loaded.ema_options.decay == EMA_DECAY and loaded.hparams.ema["decay"] == EMA_DECAY
     from grn_lightning.eval.loading import load_lightning_checkpoint
 
     load_lightning_checkpoint(plain, output)
@@ -261,8 +266,10 @@ def _generation_module() -> _StepRecordingC2I:
 
     torch.manual_seed(0)
     tokenizer = HBQTokenizer(preset="tiny", latent_channels=4, num_rounds=4)
-    module = _StepRecordingC2I(size="tiny", channels=4, rounds=4, num_classes=3, grid_size=4, in_context_tokens=4,
-                               tokenizer=tokenizer)  # fmt: skip
+    from grn_lightning.generator.c2i.model import GRNC2ITransformer
+
+    transformer = GRNC2ITransformer(size="tiny", channels=4, rounds=4, num_classes=3, grid_size=4, in_context_tokens=4)
+    module = _StepRecordingC2I(transformer, tokenizer=tokenizer)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in module.model.parameters():

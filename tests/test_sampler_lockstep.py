@@ -92,11 +92,18 @@ def _module_worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        args = dict(size="tiny", channels=4, rounds=2, num_classes=10, grid_size=4, in_context_tokens=2,
-                    sampling={"steps": 9, "max_batch": 2, "cfg_scale": 2.0,
-                              # entropies of forward index t0 = 2 here ≈ 0.58-0.64: Δ spreads over [2, 7]
-                              "adaptive": {"t0": 2, "k": 100.0, "b": -56.0, "t_min": 3, "t_max": 9}})  # fmt: skip
-        reference, sharded = C2IModule(**args), C2IModule(**args)
+        from grn_lightning.generator.c2i.model import GRNC2ITransformer
+        from grn_lightning.generator.sampling.adaptive import AdaptiveSteps
+        from grn_lightning.generator.sampling.sampler import RefinementSampler
+
+        # entropies of forward index t0 = 2 here ≈ 0.58-0.64: Δ spreads over [2, 7]
+        adaptive = AdaptiveSteps(t0=2, k=100.0, b=-56.0, t_min=3, t_max=9)
+        reference, sharded = (
+            C2IModule(GRNC2ITransformer(size="tiny", channels=4, rounds=2, num_classes=10, grid_size=4,
+                                        in_context_tokens=2),
+                      sampler=RefinementSampler(steps=9, max_batch=2, cfg_scale=2.0, adaptive=adaptive))
+            for _ in range(2)
+        )  # fmt: skip
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():  # non-zero adaLN / head so entropies (and step counts) differ between samples
             for p_ref, p_sh in zip(reference.ema.parameters(), sharded.ema.parameters()):

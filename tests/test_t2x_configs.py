@@ -39,13 +39,18 @@ def test_t2i_config_is_the_release_recipe(capsys):
     config = _print_config(["t2i.yaml"], capsys)
     assert config["model"]["class_path"] == "grn_lightning.generator.t2x.module.T2XModule"
     model = config["model"]["init_args"]
-    assert (model["size"], model["variant"], model["channels"], model["rounds"]) == ("GRN2b", "bit", 64, 4)
-    assert model["text_encoder"]["class_path"].endswith("UMT5TextEncoder") and model["text_dim"] == 4096
-    assert (model["ratio_mu"], model["ratio_sigma"], model["caption_dropout"]) == (-1.3, 1.3, 0.1)
-    assert (model["lr"], model["betas"], model["weight_decay"], model["warmup_steps"]) == (2e-4, [0.9, 0.999], 0.01, 50)
-    assert model["ema_decay"] == 0.999 and model["activation_checkpointing"] and model["attention"] == "flex"
-    assert (model["token_budget"], model["max_fraction"], model["max_rows"]) == (40960, 0.4, 1) and model["pad_to_budget"]
-    sampling = model["sampling"]
+    net = model["transformer"]["init_args"]
+    assert (net["size"], net["variant"], net["channels"], net["rounds"]) == ("GRN2b", "bit", 64, 4)
+    assert model["text_encoder"]["class_path"].endswith("UMT5TextEncoder") and net["text_dim"] == 4096
+    corruption, opt = model["corruption"], model["optimization"]
+    assert (corruption["ratio_mu"], corruption["ratio_sigma"], corruption["condition_dropout"]) == (-1.3, 1.3, 0.1)
+    assert (opt["lr"], opt["betas"], opt["weight_decay"], opt["warmup_steps"]) == (2e-4, [0.9, 0.999], 0.01, 50)
+    assert model["ema"]["decay"] == 0.999 and model["parallelism"]["activation_checkpointing"]
+    assert net["attention"] == "flex"
+    packing = model["packing"]
+    assert (packing["token_budget"], packing["max_fraction"], packing["max_rows"]) == (40960, 0.4, 1)
+    assert packing["pad_to_budget"] and config["data"]["init_args"]["batch_size"] is None  # filled from the budget
+    sampling = model["sampler"]["init_args"]
     assert sampling["schedule"] == "cosine" and sampling["cfg_interval"] == [0.0, 1.0]  # CFG always on for text
     trainer = config["trainer"]
     assert trainer["precision"] == "bf16-mixed" and trainer["gradient_clip_val"] == 0.1
@@ -58,19 +63,20 @@ def test_t2v_config_composes_over_t2i(capsys):
     data, model = config["data"]["init_args"], config["model"]["init_args"]
     assert data["kind"] == "mixed" and data["num_frames"] == 17 and data["fps"] == 16.0
     assert data["max_video_seconds"] == 13.0 and (data["num_frames"] - 1) % 4 == 0  # SPEC §8: 1 + 4k, 13 s cap
-    assert model["task"] == "auto" and 0 < model["i2v_probability"] < 1 and model["size"] == "GRN2b"
+    assert model["task"] == "auto" and 0 < model["i2v_probability"] < 1
+    assert model["transformer"]["init_args"]["size"] == "GRN2b"
     logger = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("T2XSampleLogger"))
     assert logger["init_args"]["frames"] == 17
 
 
 @pytest.mark.parametrize("size", sorted(RELEASED))
 def test_released_sizes_build_on_meta_with_exact_counts(size):
+    from grn_lightning.generator.t2x.model import GRNT2XTransformer
     from grn_lightning.generator.t2x.module import T2XModule
 
     init = yaml.safe_load((CONFIGS / "t2i.yaml").read_text())["model"]["init_args"]
-    init = {k: v for k, v in init.items() if k not in ("tokenizer", "tokenizer_ckpt", "text_encoder")}
     with torch.device("meta"):
-        module = T2XModule(**{**init, "size": size, "compile": "none"})
+        module = T2XModule(GRNT2XTransformer(**{**init["transformer"]["init_args"], "size": size}))
     trained = sum(p.numel() for p in module.model.parameters())
     assert trained == RELEASED[size]
     assert sum(p.numel() for p in module.ema.parameters()) == trained
@@ -92,7 +98,8 @@ def test_smoke_configs_train_log_samples_checkpoint_resume_and_test(tmp_path, de
               "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"]  # fmt: skip
     if video:  # video batches only, all I2V: the 4 steps surely run the I2V path end to end (T2V: test_t2x_module)
         common += ["--data.train_video_shards", demo_data["videos-train"], "--data.val_video_shards",
-                   demo_data["videos-val"], "--data.video_ratio", "1.0", "--model.i2v_probability", "1.0"]  # fmt: skip
+                   demo_data["videos-val"], "--data.video_ratio", "1.0",
+                   "--model.init_args.i2v_probability", "1.0"]  # fmt: skip
     first = main(["fit", *common, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4"])
     assert first.trainer.global_step == 4
     metrics = first.trainer.callback_metrics
@@ -119,7 +126,7 @@ def test_smoke_configs_train_log_samples_checkpoint_resume_and_test(tmp_path, de
     # `grn predict` with configs/t2x_predict.yaml: PNGs + grid; clips also as MP4s (I2V from a held-out photo)
     out = tmp_path / "samples"
     request = ["--data.prompts", "[a person riding a bike, a cat]", "--data.samples_per_prompt", "2",
-               "--data.height", "64", "--data.width", "64", "--data.sampling", "{steps: 4}"]  # fmt: skip
+               "--data.height", "64", "--data.width", "64", "--model.init_args.sampler.init_args.steps", "4"]  # fmt: skip
     if video:
         photo = next(Path(demo_data["images-train"]).parent.parent.rglob("*.jpg"))
         request += ["--data.frames", "5", "--data.first_frame", str(photo)]

@@ -11,7 +11,10 @@ import torch
 
 from grn_lightning.generator.sampling.adaptive import AdaptiveSteps
 from grn_lightning.generator.t2x.rope3d import VISUAL_TIME
-from grn_lightning.generator.t2x.module import T2XModule
+from grn_lightning.generator.options import Corruption, EMATracks, Optimization, Parallelism
+from grn_lightning.generator.sampling.sampler import RefinementSampler
+from grn_lightning.generator.t2x.model import GRNT2XTransformer
+from grn_lightning.generator.t2x.module import T2X_SAMPLING, Packing, T2XModule
 from grn_lightning.generator.t2x.conditions import PromptConditions
 from grn_lightning.generator.t2x.text import UMT5TextEncoder
 from tests.test_c2i_module import _Repeat, real_images, tokenizer  # noqa: F401  (tokenizer: the C = 16 fixture)
@@ -34,12 +37,21 @@ def encoder() -> UMT5TextEncoder:
     return UMT5TextEncoder(random_init=TEXT, max_length=64, dtype="float32")
 
 
-def tiny_module(tokenizer=None, **kwargs) -> T2XModule:
-    args = dict(size="tiny", variant="bit", channels=CHANNELS, rounds=4, tokenizer=tokenizer, text_encoder=encoder(),
-                text_dim=TEXT["d_model"], token_budget=512, pad_multiple=16, lr=3e-3, warmup_steps=0, ema_decay=0.9,
-                caption_dropout=0.0, sampling={"steps": 6})  # fmt: skip
+def corruption(**kwargs) -> Corruption:
+    """The release T2X corruption without caption dropout, with `kwargs` changed."""
+    return Corruption(**{"ratio_mu": -1.3, "ratio_sigma": 1.3, "condition_dropout": 0.0, **kwargs})
+
+
+def tiny_module(tokenizer=None, transformer: dict | None = None, packing: dict | None = None, **kwargs) -> T2XModule:
+    """A tiny T2X module; `transformer` / `packing` override GRNT2XTransformer / Packing arguments, `kwargs`
+    T2XModule ones."""
+    net = dict(size="tiny", variant="bit", channels=CHANNELS, rounds=4, text_dim=TEXT["d_model"])
+    args = dict(tokenizer=tokenizer, text_encoder=encoder(), corruption=corruption(),
+                packing=Packing(**{"token_budget": 512, "pad_multiple": 16, **(packing or {})}),
+                optimization=Optimization(lr=3e-3, betas=(0.9, 0.999), weight_decay=0.01), ema=EMATracks(decay=0.9),
+                sampler=RefinementSampler(**{**T2X_SAMPLING, "steps": 6}))  # fmt: skip
     args.update(kwargs)
-    return T2XModule(**args)
+    return T2XModule(GRNT2XTransformer(**{**net, **(transformer or {})}), **args)
 
 
 def video_tokens(frames: int = 3, batch: int = 2) -> torch.Tensor:
@@ -51,16 +63,19 @@ def test_packed_t2i_batch_feeds_the_realised_kept_fraction(photo_batch):
     """Each photo becomes one sample [16 visual | text | ratio]; the ratio token carries the REALISED kept fraction
     (SPEC §5): all tokens kept → 1 and the state is the clean labels; none kept → 0 and the state is random."""
     generator = torch.Generator().manual_seed(0)
-    full = tiny_module(ratio_mu=30.0, ratio_sigma=0.1).packed_batch(photo_batch, generator, dropout=False)
+    full = tiny_module(corruption=corruption(ratio_mu=30.0, ratio_sigma=0.1))
+    full = full.packed_batch(photo_batch, generator, dropout=False)
     assert full.loss_mask.sum() == 4 * GRID * GRID and full.sample_visual.tolist() == [16] * 4
     assert torch.equal(full.state[full.loss_mask], full.labels[full.loss_mask]) and torch.allclose(full.ratio, torch.ones(4))
-    noise = tiny_module(ratio_mu=-30.0, ratio_sigma=0.1).packed_batch(photo_batch, generator, dropout=False)
+    noise = tiny_module(corruption=corruption(ratio_mu=-30.0, ratio_sigma=0.1))
+    noise = noise.packed_batch(photo_batch, generator, dropout=False)
     assert torch.allclose(noise.ratio, torch.zeros(4))
     agreement = (noise.state[noise.loss_mask] == noise.labels[noise.loss_mask]).float().mean()
     assert 0.35 < agreement < 0.65  # random bits agree with the labels half the time (K = 2)
     # p ≈ 0.5 for every sample: the fed ratio is the realised fraction of the 16 tokens × 64 bits, a multiple of
     # 1/1024 that differs per sample, not the drawn p
-    half = tiny_module(ratio_mu=0.0, ratio_sigma=1e-4).packed_batch(photo_batch, generator, dropout=False)
+    half = tiny_module(corruption=corruption(ratio_mu=0.0, ratio_sigma=1e-4))
+    half = half.packed_batch(photo_batch, generator, dropout=False)
     counts = half.ratio * 1024
     assert torch.allclose(counts, counts.round(), atol=1e-3) and len(set(counts.round().tolist())) > 1
     assert ((half.ratio - 0.5).abs() < 0.06).all()
@@ -91,15 +106,16 @@ def test_budget_splits_rows_and_max_rows_drops_the_overflow(photo_batch):
     `max_rows=2` keeps the first samples and counts the rest as dropped; without it every sample gets packed."""
     batch = dict(photo_batch, caption=["a cat"] * 4)  # 16 + 12 ("<T2I> a cat" + EOS) + 1 = 29 tokens: 2 per row
     g = torch.Generator().manual_seed(0)
-    packed = tiny_module(token_budget=64, max_fraction=1.0).packed_batch(batch, g, dropout=False)
+    packed = tiny_module(packing=dict(token_budget=64, max_fraction=1.0)).packed_batch(batch, g, dropout=False)
     assert packed.segment_ids.shape[0] == 2 and packed.num_dropped == 0
-    capped = tiny_module(token_budget=64, max_fraction=1.0, max_rows=1, pad_to_budget=True).packed_batch(batch, g, dropout=False)
+    capped = tiny_module(packing=dict(token_budget=64, max_fraction=1.0, max_rows=1, pad_to_budget=True))
+    capped = capped.packed_batch(batch, g, dropout=False)
     assert capped.segment_ids.shape == (1, 64) and capped.dropped == [2, 3] and capped.sample_indices == [0, 1]
     assert capped.loss_mask.sum() == 2 * GRID * GRID
 
 
 def test_auto_task_and_caption_dropout_choices():
-    module = tiny_module(i2v_probability=0.5, caption_dropout=0.5)
+    module = tiny_module(i2v_probability=0.5, corruption=corruption(condition_dropout=0.5))
     g = torch.Generator().manual_seed(0)
     assert module._tasks(1, 4, g) == ["t2i"] * 4
     tasks = module._tasks(3, 64, g)
@@ -117,11 +133,11 @@ def test_option_errors_name_the_option(photo_batch):
     with pytest.raises(ValueError, match="model.task"):
         tiny_module(task="t3v")
     with pytest.raises(ValueError, match="text_dim"):
-        tiny_module(text_dim=128)
+        tiny_module(transformer={"text_dim": 128})
     with pytest.raises(ValueError, match="cannot train on batches of 1 latent frame"):
         tiny_module(task="t2v").packed_batch(photo_batch)
     with pytest.raises(ValueError, match="token_budget"):
-        tiny_module(token_budget=64)._loss(photo_batch, None, False, torch.nn.Identity())
+        tiny_module(packing={"token_budget": 64})._loss(photo_batch, None, False, torch.nn.Identity())
     with pytest.raises(ValueError, match="text_encoder"):
         tiny_module(text_encoder=None).packed_batch(photo_batch)
 
@@ -130,7 +146,7 @@ def test_learns_real_photo_tokens_from_captions(tmp_path, tokenizer, photo_batch
     """The tiny T2I model memorises 4 real photos' bits from their captions: the loss of a fixed corruption draw
     falls far below the uniform guess ln 2, and samples decode to images."""
     torch.manual_seed(0)
-    module = tiny_module(tokenizer, lr=5e-3)
+    module = tiny_module(tokenizer, optimization=Optimization(lr=5e-3, betas=(0.9, 0.999), weight_decay=0.01))
     batch = {k: v for k, v in photo_batch.items() if k != "pixels"}
 
     def fixed_loss() -> float:
@@ -214,16 +230,17 @@ def test_gpu_flex_compiled_blocks_bf16_training_learns(tmp_path):
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    module = tiny_module(attention="flex", compile="block", activation_checkpointing=True, pad_to_budget=True,
-                         lr=5e-3, caption_dropout=0.0)  # fmt: skip
+    module = tiny_module(transformer={"attention": "flex"}, packing={"pad_to_budget": True},
+                         parallelism=Parallelism(compile="block", activation_checkpointing=True),
+                         optimization=Optimization(lr=5e-3, betas=(0.9, 0.999), weight_decay=0.01))  # fmt: skip
     g = torch.Generator().manual_seed(0)
     batch = {"tokens": torch.randint(0, 16, (6, CHANNELS, 1, GRID, GRID), generator=g), "caption": CAPTIONS + ["", "x"],
              "valid": torch.ones(6, dtype=torch.bool)}  # fmt: skip
 
-    reference = tiny_module(attention="sdpa").model.cuda()
+    reference = tiny_module(transformer={"attention": "sdpa"}).model.cuda()
     torch.nn.init.normal_(module.model.head.proj.weight, std=0.5)
     reference.load_state_dict(module.model.state_dict())
-    compiled = tiny_module(attention="flex").model.cuda()
+    compiled = tiny_module(transformer={"attention": "flex"}).model.cuda()
     compiled.load_state_dict(module.model.state_dict())
     parallelize.apply_compile(compiled, "block")
     packed = module.packed_batch(batch, torch.Generator().manual_seed(1), dropout=False).to("cuda")
@@ -258,7 +275,7 @@ def test_tall_and_wide_buckets_train_with_their_template_ratio(carried):
     training_step. Their positions come from the template ratio, carried by the batch or snapped from the grid."""
     from grn_lightning.data.buckets import bucket_for_ratio
 
-    module = tiny_module(token_budget=1024, max_fraction=1.0)
+    module = tiny_module(packing=dict(token_budget=1024, max_fraction=1.0))
     for ratio in (3.0, 1 / 3):
         bucket = bucket_for_ratio(ratio, "0.06M")
         h, w = bucket.latent_height, bucket.latent_width
@@ -281,8 +298,9 @@ def test_gpu_training_step_from_cached_text_never_syncs(attention):
     """From a token batch with cached text states (already on the GPU, as the data module delivers it), the whole
     step (plan, corruption, packing, block mask, forward, packed loss, logging, backward) runs without a single
     host-device synchronisation: CUDA's sync debug mode turns any into an error."""
-    module = tiny_module(text_encoder=None, attention=attention, pad_to_budget=True, max_rows=1,
-                         caption_dropout=0.5).cuda()  # fmt: skip
+    module = tiny_module(text_encoder=None, transformer={"attention": attention},
+                         packing={"pad_to_budget": True, "max_rows": 1},
+                         corruption=corruption(condition_dropout=0.5)).cuda()  # fmt: skip
     g = torch.Generator().manual_seed(0)
     lengths = [5, 9, 3, 12]
     batch = {"tokens": video_tokens(frames=1, batch=4).to(torch.uint8).cuda(), "caption": list(CAPTIONS),

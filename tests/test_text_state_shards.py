@@ -82,15 +82,21 @@ def test_cached_text_bucketed_shards_train_t2x_without_an_encoder(tmp_path, demo
     assert batch["text"].dtype == torch.bfloat16 and batch["text"].shape[0] == sum(batch["text_lengths"])
     assert len(batch["aspect_ratio"]) == 2 and batch["text_task"] == ["t2i", "t2i"]
 
-    from grn_lightning.generator.t2x.module import T2XModule
+    from grn_lightning.generator.options import Corruption
+    from grn_lightning.generator.t2x.model import GRNT2XTransformer
+    from grn_lightning.generator.t2x.module import Packing, T2XModule
 
-    module = T2XModule(size="tiny", channels=8, text_encoder=None, text_dim=TEXT["d_model"], token_budget=1024,
-                       pad_multiple=16, caption_dropout=0.0)  # fmt: skip
+    def t2x(dropout: float, **kwargs) -> T2XModule:
+        return T2XModule(GRNT2XTransformer(size="tiny", channels=8, text_dim=TEXT["d_model"]),
+                         corruption=Corruption(ratio_mu=-1.3, ratio_sigma=1.3, condition_dropout=dropout),
+                         packing=Packing(token_budget=1024, pad_multiple=16), **kwargs)  # fmt: skip
+
+    module = t2x(0.0)
     packed = module.packed_batch(batch, torch.Generator().manual_seed(0))
     assert torch.equal(packed.text, batch["text"])  # the cached states, untouched
     assert torch.isfinite(module.training_step(batch, 0))
-    dropped = T2XModule(size="tiny", channels=8, text_dim=TEXT["d_model"], token_budget=1024, caption_dropout=0.999)
+    dropped = t2x(0.999)
     assert torch.equal(dropped.packed_batch(batch).text, torch.cat([null.bfloat16()] * 2))  # dropout → empty caption
     with pytest.raises(ValueError, match="text-task"):
-        T2XModule(size="tiny", channels=8, text_dim=TEXT["d_model"], task="t2v").packed_batch(
+        t2x(0.1, task="t2v").packed_batch(
             dict(batch, tokens=batch["tokens"].expand(-1, -1, 2, -1, -1)), dropout=False)

@@ -93,12 +93,14 @@ def test_tokenize_round_trip_flip_resume_and_datamodule(tmp_path, demo_image_sha
     assert int(batch["tokens"].max()) <= 15 and (batch["cls"] >= 0).all()
 
     # The same token shards feed the text-to-image module (square size): tokens + the captions the shards carry.
-    from grn_lightning.generator.t2x.module import T2XModule
+    from grn_lightning.generator.t2x.model import GRNT2XTransformer
+    from grn_lightning.generator.t2x.module import Packing, T2XModule
     from grn_lightning.generator.t2x.text import UMT5TextEncoder
 
     text = UMT5TextEncoder(random_init={"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4,
                                         "vocab_size": 384}, dtype="float32")  # fmt: skip
-    t2i = T2XModule(size="tiny", channels=8, text_encoder=text, text_dim=32, token_budget=512, pad_multiple=16)
+    t2i = T2XModule(GRNT2XTransformer(size="tiny", channels=8, text_dim=32), text_encoder=text,
+                    packing=Packing(token_budget=512, pad_multiple=16))  # fmt: skip
     assert all(batch["caption"]) and len(batch["caption"]) == 5
     packed = t2i.packed_batch(batch)
     assert packed.loss_mask.sum() == 5 * (RES // 16) ** 2 and len(packed.sample_row) == 5

@@ -62,7 +62,8 @@ for VARIANT in ind bit; do
     --ckpt_path "$RUN/tb/demo/checkpoints/last.ckpt" --trainer.accelerator cpu \
     --trainer.callbacks.output_dir "$RUN/samples" --trainer.callbacks.grid_size 32 \
     --data.class_ids "[0, 1, 2, 3, 4, 5, 6, 7]" --data.samples_per_class 4 --data.batch_size 16 \
-    --data.resolution 64 --data.sampling "{steps: 8, adaptive: {t0: 2, k: 8.0, b: 0.0, t_min: 4, t_max: 8}}" \
+    --data.resolution 64 --model.init_args.sampler.init_args.steps 8 \
+    --model.init_args.sampler.init_args.adaptive "{t0: 2, k: 8.0, b: 0.0, t_min: 4, t_max: 8}" \
     --data.edit_image "$GRN_DEMO_DATA/raw/test/motorcycle_right_00.jpg" --data.edit_region "[0.25, 0.25, 0.75, 0.75]" \
     --data.edit_class 1 --data.edit_samples 2
   echo "   samples: $RUN/samples (grid.png, one PNG per sample, edits)"
@@ -88,7 +89,7 @@ for KIND in images clips; do
     --data.frames 5 --data.first_frame "$GRN_DEMO_DATA/raw/test/motorcycle_right_00.jpg")
   "$GRN" predict "${T2X_CONFIGS[@]}" --config configs/t2x_predict.yaml --model.init_args.tokenizer_ckpt "$TOK_CKPT" \
     --ckpt_path "$RUN/tb/demo/checkpoints/last.ckpt" --trainer.accelerator cpu \
-    --trainer.callbacks.output_dir "$RUN/samples_$KIND" --data.height 64 --data.width 64 --data.sampling "{steps: 8}" \
+    --trainer.callbacks.output_dir "$RUN/samples_$KIND" --data.height 64 --data.width 64 --model.init_args.sampler.init_args.steps 8 \
     "${REQUEST[@]}"
   echo "   samples: $RUN/samples_$KIND"
 done

@@ -67,6 +67,7 @@ def run_generator(args, rank: int, world: int, device: torch.device) -> dict:
     import lightning.pytorch as pl
 
     from grn_lightning.eval.evaluators import GenerationEvaluator, generate_and_update
+    from grn_lightning.generator.sampling.options import sampler_options
     from grn_lightning.eval.loading import instantiate_from_spec, load_config_section, load_lightning_checkpoint
 
     if not (args.ckpt and args.config):
@@ -96,7 +97,8 @@ def run_generator(args, rank: int, world: int, device: torch.device) -> dict:
             "num_samples": args.num_samples, "per_class": args.num_samples // int(module.num_classes),
             "num_classes": int(module.num_classes), "seed": args.seed, "world_size": world,
             "batch_size_per_rank": args.batch_size, "sampling_overrides": sampling,
-            "sampling_defaults": getattr(module, "sampling", None), "sample_weights": module.hparams.get("sample_weights"),
+            "sampling_defaults": {k: getattr(v, "__dict__", v) for k, v in sampler_options(module.sampler).items()},
+            "sample_weights": module.ema_options.sample_weights,
             "png_dir": png_dir, "checkpoint": _file_info(args.ckpt), "config": _file_info(args.config),
             "tokenizer_checkpoint": _file_info(args.tokenizer_ckpt), "seconds": round(time.time() - start, 1),
             **evaluator.protocol(),

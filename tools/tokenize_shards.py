@@ -120,8 +120,12 @@ def tokenize_shard(
             return
         labels, flipped = _encode(tokenizer, [s["pixels"] for s in group], device, autocast)
         states = text.fields([s["caption"] for s in group]) if text is not None else [{}] * len(group)
+        # C, M, the stride and the square size are recorded, so a generator built for others refuses the shard
+        stride = getattr(getattr(tokenizer, "vae", None), "spatial_stride", None)
+        square = spec.resolution if spec.pixel_budget is None else None
         for sample, lab, flab, text_fields in zip(group, labels, flipped, states):
-            record = {"__key__": sample["key"], **encode_token_record(lab, num_rounds, flipped=flab), **text_fields}
+            fields = encode_token_record(lab, num_rounds, flipped=flab, spatial_stride=stride, resolution=square)
+            record = {"__key__": sample["key"], **fields, **text_fields}
             if spec.pixel_budget is not None:
                 record["tokens.json"]["aspect_ratio"] = sample["aspect_ratio"]  # the bucket's template h/w
             if sample["cls"] >= 0:

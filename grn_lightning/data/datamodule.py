@@ -35,6 +35,7 @@ from grn_lightning.data.streams import (
     count_records,
     iterate_records,
 )
+from grn_lightning.data.tokens import TokenGeometry
 from grn_lightning.data.video import VIDEO_BACKENDS, ClipRule, backend_unavailable
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class GRNDataModule(L.LightningDataModule):
         max_video_seconds: float | None = None,
         short_clip: Literal["skip", "loop"] = "skip",
         video_ratio: float = 0.5,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         video_batch_size: int | None = None,
         val_batch_size: int | None = None,
         num_workers: int = 4,
@@ -87,8 +88,11 @@ class GRNDataModule(L.LightningDataModule):
             max_video_seconds: drop (and count) clips longer than this; None keeps every clip.
             short_clip: clips shorter than num_frames at fps: "skip" (counted) or "loop".
             video_ratio: probability that a training batch is a video batch (kind="mixed").
-            batch_size: training batch size per device (image or token batches).
-            video_batch_size: training batch size per device for video batches (default: batch_size).
+            batch_size: training batch size per device (image or token batches). None: the model gives it through
+                `connect` (C2I: its global batch / (devices × accumulation); T2X: samples that fill its token
+                budget), else 32. A stated value that disagrees with the model's global batch is an error.
+            video_batch_size: training batch size per device for video batches (default: batch_size; T2X: samples
+                that fill the token budget).
             val_batch_size: evaluation batch size per device (default: batch_size, or video_batch_size for video).
             num_workers: DataLoader worker processes per device.
             shuffle_buffer: records held in each worker's shuffle buffer.
@@ -108,17 +112,19 @@ class GRNDataModule(L.LightningDataModule):
             raise ValueError(f"data.pixel_budget must be one of {sorted(PIXEL_BUDGETS)} or null, got {pixel_budget!r}")
         if not 0.0 <= video_ratio <= 1.0:
             raise ValueError(f"data.video_ratio must lie in [0, 1], got {video_ratio}")
-        for name, value in (("batch_size", batch_size), ("resolution", resolution), ("shuffle_buffer", shuffle_buffer)):
+        checked = (("batch_size", batch_size or 1), ("resolution", resolution), ("shuffle_buffer", shuffle_buffer))
+        for name, value in checked:
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
-        if resolution % 16:
-            raise ValueError(f"data.resolution must be a multiple of 16 (tokenizer stride), got {resolution}")
         if video_backend not in VIDEO_BACKENDS:
             raise ValueError(f"data.video_backend must be one of {VIDEO_BACKENDS}, got {video_backend!r}")
         if video_backend != "auto" and kind in ("video", "mixed") and (reason := backend_unavailable(video_backend)):
             raise ValueError(f"data.video_backend={video_backend!r} cannot be used here: {reason}")
         if caption_source not in CAPTION_SOURCES:
             raise ValueError(f"data.caption_source must be one of {CAPTION_SOURCES}, got {caption_source!r}")
+        self._stated = {"batch_size": batch_size is not None, "video_batch_size": video_batch_size is not None}
+        self.hparams.batch_size = 32 if batch_size is None else batch_size
+        self.geometry: TokenGeometry | None = None  # the model's tokens, given by `connect`
         clip = ClipRule(num_frames=num_frames, fps=fps, max_seconds=max_video_seconds, short=short_clip)
         base = dict(resolution=resolution, clip=clip, video_backend=video_backend, caption_source=caption_source)
         primary_kind = {"mixed": "image"}.get(kind, kind)
@@ -131,6 +137,49 @@ class GRNDataModule(L.LightningDataModule):
         self._streams = StreamTracker()
         self._saved_stream: dict | None = None  # this rank's stream state from a checkpoint, used once
         self._saved_rng: dict | None = None  # this rank's generator states, restored before the first resumed step
+
+    def connect(
+        self, batch_size: int | None = None, geometry: TokenGeometry | None = None, token_budget: int | None = None,
+        sample_extra_tokens: int = 0,
+    ) -> None:
+        """What the model tells the data (litgpt's `data.connect`), called by the generator module's `setup`.
+
+        batch_size: per-device batch from the model's global batch (a stated data.batch_size must agree).
+        geometry: C, M, stride and grid of the model's tokens; the resolution must be a multiple of the stride (and
+            give the model's grid), and token shards made for other values are refused before the first step.
+        token_budget: T2X tokens per step; an unstated batch size becomes the samples that fit it, each sample
+            being its visual tokens plus `sample_extra_tokens` (text bound + ratio token)."""
+        hp = self.hparams
+        if batch_size is not None:
+            if self._stated["batch_size"] and hp.batch_size != batch_size:
+                raise ValueError(f"data.batch_size={hp.batch_size} differs from the model's per-device batch "
+                                 f"{batch_size} (model.optimization.global_batch_size over devices × accumulation):"
+                                 " drop data.batch_size, or change the global batch")  # fmt: skip
+            hp.batch_size = batch_size
+            self._stated["batch_size"] = True  # the model's global batch wins over filling a token budget
+        if geometry is not None:
+            self.geometry = geometry
+        if geometry is not None and geometry.spatial_stride:
+            stride = geometry.spatial_stride
+            if hp.resolution % stride:
+                raise ValueError(f"data.resolution={hp.resolution} is not a multiple of the tokenizer's stride "
+                                 f"{stride}")  # fmt: skip
+            grid = (hp.resolution // stride,) * 2
+            if geometry.grid is not None and hp.kind != "tokens" and tuple(geometry.grid) != grid:
+                raise ValueError(f"data.resolution={hp.resolution} with the tokenizer's stride {stride} gives a "
+                                 f"{grid[0]}x{grid[1]} token grid, the model's grid is {tuple(geometry.grid)}: set "
+                                 f"data.resolution to {geometry.grid[0] * stride}")  # fmt: skip
+        if token_budget is not None and self.geometry is not None and self.geometry.spatial_stride:
+            side = PIXEL_BUDGETS[hp.pixel_budget] if hp.pixel_budget else hp.resolution // self.geometry.spatial_stride
+            frames = 1 + (hp.num_frames - 1) // (self.geometry.temporal_stride or 1)
+            for name, latent_frames in (("batch_size", 1), ("video_batch_size", frames)):
+                if not self._stated[name]:
+                    hp[name] = max(1, token_budget // (latent_frames * side * side + sample_extra_tokens))
+
+    def _check_token_shards(self, urls: list[str], option: str) -> None:
+        if self.hparams.kind == "tokens" and self.geometry is not None:
+            first = next(iter(iterate_records(urls[:1], _RaiseOnError())))
+            self.geometry.check_record(json.loads(first["tokens.json"]), f"data.{option}")
 
     # -- setup: all checks happen here, before the first step --------------------------------------------
     def _shards(self, option: str) -> list[str]:
@@ -195,6 +244,7 @@ class GRNDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         hp = self.hparams
+        self._check_token_shards(self._train_urls, "train_shards")
         stream = TrainStream(self._train_urls, self.train_spec, hp.batch_size, hp.shuffle_buffer, hp.seed)
         if hp.kind == "mixed":
             videos = TrainStream(

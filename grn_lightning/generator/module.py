@@ -10,9 +10,10 @@ t2x/module.py).
 - The frozen HBQ tokenizer is NOT a submodule (frozen; outside optimisers, checkpoints and FSDP units; see
   frozen_tokenizer.py): subclasses keep it in `__dict__` and reach it through `_require_tokenizer`.
 
-Subclasses set `self.model` (a transformer with an `nn.ModuleList` named `blocks`) and call `_init_ema_tracks`; their
-hparams must include ema_decay, ema_decay_2, lr, betas, weight_decay, warmup_steps, compile,
-activation_checkpointing, fsdp_bf16_params and fsdp_reshard_after_forward.
+- Parts and settings: subclasses receive the transformer, the tokenizer and the sampler as objects and the rest as
+  the grouped dataclasses of options.py, and hand them to `_init_generator`. The tokenizer is the one source of C
+  and M (a transformer built for others is refused at construction); `setup` connects the data module (global
+  batch, token geometry, token budget; `data.connect`, as in litgpt), so configuration flows down, never back up.
 """
 
 from __future__ import annotations
@@ -24,21 +25,82 @@ import lightning as L
 import torch
 from torch import nn
 
+from grn_lightning.data.tokens import TokenGeometry
 from grn_lightning.generator import parallelize
+from grn_lightning.generator.frozen_tokenizer import load_frozen_tokenizer
+from grn_lightning.generator.options import (
+    Corruption,
+    EMATracks,
+    Optimization,
+    Parallelism,
+    check_tokenizer_geometry,
+    class_config,
+    portable_hparams,
+)
+from grn_lightning.generator.refinement import RatioDistribution
 from grn_lightning.generator.sampling.lockstep import distributed_lockstep
+from grn_lightning.generator.sampling.sampler import RefinementSampler
+from grn_lightning.generator.token_layout import TokenLayout
 from grn_lightning.training.optim import decay_param_groups, warmup_constant_scheduler
 
 
 class GeneratorModule(L.LightningModule):
     """Base LightningModule of the GRN generators (EMA, parallelism, optimiser, tokenizer access); not used alone."""
 
-    # -- EMA ------------------------------------------------------------------------------------------------
-    def _init_ema_tracks(self, ema_decay: float, ema_decay_2: float | None) -> None:
-        for name, decay in (("ema_decay", ema_decay), ("ema_decay_2", ema_decay_2)):
-            if decay is not None and not 0.0 <= decay < 1.0:
-                raise ValueError(f"model.{name} must lie in [0, 1), got {decay}")
+    def _init_generator(
+        self, transformer: nn.Module, tokenizer: nn.Module | None, tokenizer_ckpt: str | None,
+        sampler: RefinementSampler, corruption: Corruption, optimization: Optimization, ema: EMATracks,
+        parallelism: Parallelism,
+    ) -> None:  # fmt: skip
+        """Keep the injected parts and grouped settings; call after `save_hyperparameters` (whose saved copy is
+        made portable here: injected parts as class_path/init_args, dataclasses as dicts)."""
+        self._hparams["transformer"] = class_config(transformer)  # saved like the CLI saves it, in both cases
+        portable_hparams(self._hparams)
+        check_tokenizer_geometry(transformer, tokenizer)
+        self.model = transformer
+        self.sampler = sampler
+        self.corruption, self.optimization = corruption, optimization
+        self.ema_options, self.parallelism = ema, parallelism
+        self.ratio = RatioDistribution(corruption.ratio_distribution, corruption.ratio_mu, corruption.ratio_sigma)
+        self.layout = TokenLayout(transformer.variant, transformer.channels, transformer.rounds)
         self.ema = self._frozen_copy(self.model)
-        self.ema2 = self._frozen_copy(self.model) if ema_decay_2 is not None else None
+        self.ema2 = self._frozen_copy(self.model) if ema.decay_2 is not None else None
+        # Held in __dict__, not _modules: no state_dict entries, no .to()/FSDP/optimiser involvement.
+        frozen = None if tokenizer is None else load_frozen_tokenizer(tokenizer, tokenizer_ckpt)
+        object.__setattr__(self, "tokenizer", frozen)
+
+    # -- configuration flows down: the data module is told what the model needs ---------------------------
+    def token_geometry(self, grid: tuple[int, int] | None = None) -> TokenGeometry:
+        """C and M of the transformer (checked against the tokenizer at construction), the tokenizer's strides."""
+        vae = getattr(self.tokenizer, "vae", None)
+        return TokenGeometry(channels=self.model.channels, rounds=self.model.rounds,
+                             spatial_stride=getattr(vae, "spatial_stride", None),
+                             temporal_stride=getattr(vae, "temporal_stride", None), grid=grid)  # fmt: skip
+
+    def data_settings(self) -> dict:
+        """Keyword arguments of the data module's `connect` (subclasses add theirs): the token geometry and, when
+        `optimization.global_batch_size` is set, its per-device share."""
+        settings = {"geometry": self.token_geometry()}
+        total = self.optimization.global_batch_size
+        if total is not None:
+            trainer = self.trainer
+            shares = trainer.world_size * trainer.accumulate_grad_batches
+            if total % shares:
+                raise ValueError(
+                    f"model.optimization.global_batch_size={total} is not divisible by devices × accumulation = "
+                    f"{trainer.world_size} × {trainer.accumulate_grad_batches}: change one of them"
+                )
+            settings["batch_size"] = total // shares
+        return settings
+
+    def setup(self, stage: str) -> None:
+        # Lightning runs the data module's setup first and builds the loaders after this hook, so what is connected
+        # here shapes the first batch and a token shard made for another model is refused before any step.
+        connect = getattr(getattr(self._trainer, "datamodule", None), "connect", None)
+        if connect is not None:
+            connect(**self.data_settings())
+
+    # -- EMA ------------------------------------------------------------------------------------------------
 
     @staticmethod
     def _frozen_copy(model: nn.Module) -> nn.Module:
@@ -48,10 +110,10 @@ class GeneratorModule(L.LightningModule):
         return ema.eval()
 
     def _ema_tracks(self) -> list[tuple[nn.Module, float]]:
-        tracks = [(self.ema, self.hparams.ema_decay)]
-        if self.ema2 is not None:
-            tracks.append((self.ema2, self.hparams.ema_decay_2))
-        return tracks
+        return list(zip([self.ema, self.ema2][: len(self.ema_options.decays)], self.ema_options.decays))
+
+    def _sampling_model(self) -> nn.Module:
+        return {"ema": self.ema, "ema2": self.ema2, "raw": self.model}[self.ema_options.sample_weights]
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -66,33 +128,33 @@ class GeneratorModule(L.LightningModule):
         if getattr(self, "_parallelized", False) or parallelize.is_sharded(self.model):
             return
         self._parallelized = True
-        hp = self.hparams
-        if hp.activation_checkpointing:
+        par = self.parallelism
+        if par.activation_checkpointing:
             parallelize.apply_activation_checkpointing(self.model)
-        if hp.compile != "none":
+        if par.compile != "none":
             for net in (self.model, *[m for m, _ in self._ema_tracks()]):
-                parallelize.apply_compile(net, hp.compile)
+                parallelize.apply_compile(net, par.compile)
         mesh = self._device_mesh
         if mesh is not None:
             dp_mesh = parallelize.data_parallel_mesh(mesh)
             for net in (self.model, *[m for m, _ in self._ema_tracks()]):
-                parallelize.apply_fully_shard(net, dp_mesh, hp.fsdp_bf16_params, hp.fsdp_reshard_after_forward)
+                parallelize.apply_fully_shard(net, dp_mesh, par.fsdp_bf16_params, par.fsdp_reshard_after_forward)
 
     # -- optimisation -------------------------------------------------------------------------------------
     def learning_rate(self) -> float:
-        return float(self.hparams.lr)
+        return self.optimization.learning_rate()
 
     def warmup_total_steps(self) -> int:
-        return int(self.hparams.warmup_steps)
+        return self.optimization.warmup_total_steps()
 
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = decay_param_groups(self.model, hp.weight_decay)
+        opt = self.optimization
+        groups = decay_param_groups(self.model, opt.weight_decay)
         for group in groups:
             group.pop("names", None)
         # Fused AdamW on plain CUDA tensors; the foreach implementation for FSDP2's DTensors.
         fused = {"fused": True} if self.device.type == "cuda" and not parallelize.is_sharded(self.model) else {}
-        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(hp.betas), **fused)
+        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(opt.betas), **fused)
         # A fused AdamW announces that it unscales AMP gradients itself, and Lightning then refuses gradient
         # clipping (the recipes clip at 0.1). Unset, a GradScaler (fp16 only; bf16 has none) unscales before the
         # step as for any optimiser, so clipping sees true gradients and the fused kernel still does the update.

@@ -139,6 +139,11 @@ class GRNC2ITransformer(nn.Module):
         if spec.width % spec.heads != 0 or (spec.width // spec.heads) % 4 != 0:
             raise ValueError(f"size={size!r}: head_dim must be a multiple of 4 for 2D RoPE")
         h, w = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+        # init arguments, so a LightningModule built in Python saves this part as class_path/init_args hparams
+        self.config = dict(size=size, variant=variant, channels=channels, rounds=rounds, num_classes=num_classes,
+                           grid_size=grid_size if isinstance(grid_size, int) else [int(h), int(w)],
+                           in_context_tokens=in_context_tokens, mlp_hidden=mlp_hidden,
+                           rope_theta=rope_theta)  # fmt: skip
         self.size, self.variant = size, variant
         self.channels, self.rounds, self.num_classes = channels, rounds, num_classes
         self.grid = (int(h), int(w))

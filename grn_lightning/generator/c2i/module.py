@@ -18,151 +18,66 @@ import math
 import torch
 from torch import nn
 
-from grn_lightning.generator import parallelize
-from grn_lightning.generator.frozen_tokenizer import load_frozen_tokenizer
+from grn_lightning.generator.c2i.model import GRNC2ITransformer
 from grn_lightning.generator.module import GeneratorModule
-from grn_lightning.generator.refinement import RatioDistribution, corrupt, ratio_bin_accuracy, refinement_loss
-from grn_lightning.generator.sampling.options import build_sampler, merge_sampling
-from grn_lightning.generator.token_layout import TokenLayout
-from grn_lightning.generator.c2i.model import GRN_C2I, GRNC2ITransformer
-from grn_lightning.hbq import VARIANTS
-from grn_lightning.training.optim import scaled_lr
-
-SAMPLE_WEIGHTS = ("ema", "ema2", "raw")
-
+from grn_lightning.generator.options import Corruption, EMATracks, Optimization, Parallelism
+from grn_lightning.generator.refinement import corrupt, ratio_bin_accuracy, refinement_loss
+from grn_lightning.generator.sampling.options import with_overrides
+from grn_lightning.generator.sampling.mask_decoding import MaskDecodingSampler
+from grn_lightning.generator.sampling.sampler import RefinementSampler
+from grn_lightning.tokenizer.vae import HBQTokenizer
 
 class C2IModule(GeneratorModule):
     """GRN class-to-image training and sampling.
 
     Args:
-        size: transformer size, a key of `GRN_C2I` ("tiny", "B", "L", "H", "G"; SPEC §4).
-        variant: "ind" (index labels, K = 2^M) or "bit" (bit labels, K = 2), SPEC §1.
-        channels: tokenizer latent channels C (16).
-        rounds: HBQ rounds M (4).
-        num_classes: number of classes (1000 for ImageNet); class `num_classes` is the null class.
-        grid_size: token grid side h = w (16 for 256² images with a stride-16 tokenizer).
-        in_context_tokens: in-context class tokens (32).
-        tokenizer: the frozen HBQ tokenizer (e.g. `grn_lightning.tokenizer.vae.HBQTokenizer`); needed for media
-            batches (`pixels`), sampling to images and edits; token-shard training alone works without it.
+        transformer: the GRN class-to-image transformer (`GRNC2ITransformer`: size "tiny", "B", "L", "H", "G";
+            variant "ind" / "bit"; SPEC §4). Its channels and rounds must be the tokenizer's (checked here).
+        tokenizer: the frozen HBQ tokenizer (e.g. `grn_lightning.tokenizer.vae.HBQTokenizer`), the source of C, M
+            and the stride; needed for media batches (`pixels`), sampling to images and edits; token-shard
+            training alone works without it.
         tokenizer_ckpt: weights for `tokenizer` (plain state dict, converted release file or a tokenizer
             LightningModule checkpoint; EMA weights preferred); None keeps the tokenizer's own weights.
-        ratio_distribution: training kept-fraction distribution, "logit_normal" (release) or "uniform" (paper).
-        ratio_mu: logit-normal mean (release C2I: −0.8).
-        ratio_sigma: logit-normal std (release C2I: 0.8).
-        label_dropout: probability of replacing the class by the null class (10%, for CFG).
-        lr: learning rate; None applies the linear rule lr = base_lr · global_batch / 256.
-        base_lr: learning rate per 256 samples for the rule (5e-5 → 2e-4 at batch 1024, SPEC §3).
-        global_batch_size: global batch for the rule and for epoch-based warm-up; None = per-device batch of the
-            data module × world size × gradient accumulation.
-        betas: AdamW betas ((0.9, 0.95)).
-        weight_decay: AdamW weight decay on ≥2-D weights (0 for C2I).
-        warmup_steps: linear warm-up length in optimiser steps (added to `warmup_epochs`).
-        warmup_epochs: linear warm-up length in epochs of `epoch_size` samples (5 in the paper).
-        epoch_size: samples per epoch for `warmup_epochs` (1,281,167 for ImageNet train).
-        ema_decay: decay of the EMA used for sampling (0.9999).
-        ema_decay_2: decay of an optional second EMA track (release: 0.9996); None disables it.
-        sample_weights: weights `sample_images` uses: "ema", "ema2" or "raw".
-        sampling: default sampling arguments (steps, schedule, cfg_scale, cfg_interval, temperature,
-            selection, adaptive {k, b, t_min, t_max, t0, cool_temperature}); `sample_images` overrides per call.
+        sampler: the refinement sampler (`RefinementSampler`: steps, schedule, cfg_scale, cfg_interval,
+            temperature, adaptive steps, ...; or the `MaskDecodingSampler` baseline); None = `RefinementSampler()`
+            (the C2I release values). Sampling is chosen
+            per run: it is not saved in checkpoints, so `grn predict --model.init_args.sampler.init_args.cfg_scale
+            3.0` applies to a trained model; callbacks may override it per call.
+        corruption: kept-fraction distribution and class dropout (release C2I: logit-normal(−0.8, 0.8), 10%).
+        optimization: AdamW and the learning-rate rule (lr = base_lr · global_batch_size / 256 when lr is null);
+            `global_batch_size` is the one place the global batch lives (the data module is given its share).
+        ema: EMA decays (0.9999, release second track 0.9996) and the weights sampling uses.
+        parallelism: activation checkpointing, torch.compile and FSDP2 options (`configure_model`).
         accuracy_bins: number of kept-fraction bins for the logged per-bin accuracy.
-        activation_checkpointing: recompute each block in backward (saves memory; `configure_model`).
-        compile: torch.compile the transformer per "block", as a whole "model", or "none".
-        fsdp_bf16_params: under FSDP2, gather parameters in bf16 with fp32 gradient reduction.
-        fsdp_reshard_after_forward: under FSDP2, free gathered block weights after forward (ZeRO-3).
     """
 
     def __init__(
         self,
-        size: str = "B",
-        variant: str = "ind",
-        channels: int = 16,
-        rounds: int = 4,
-        num_classes: int = 1000,
-        grid_size: int = 16,
-        in_context_tokens: int = 32,
-        tokenizer: nn.Module | None = None,
+        transformer: GRNC2ITransformer,
+        tokenizer: HBQTokenizer | None = None,
         tokenizer_ckpt: str | None = None,
-        ratio_distribution: str = "logit_normal",
-        ratio_mu: float = -0.8,
-        ratio_sigma: float = 0.8,
-        label_dropout: float = 0.1,
-        lr: float | None = None,
-        base_lr: float = 5e-5,
-        global_batch_size: int | None = None,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        warmup_epochs: float = 0.0,
-        epoch_size: int | None = None,
-        ema_decay: float = 0.9999,
-        ema_decay_2: float | None = None,
-        sample_weights: str = "ema",
-        sampling: dict | None = None,
+        sampler: RefinementSampler | MaskDecodingSampler | None = None,
+        corruption: Corruption = Corruption(),
+        optimization: Optimization = Optimization(lr=None, global_batch_size=1024),
+        ema: EMATracks = EMATracks(),
+        parallelism: Parallelism = Parallelism(),
         accuracy_bins: int = 10,
-        activation_checkpointing: bool = False,
-        compile: str = "none",
-        fsdp_bf16_params: bool = True,
-        fsdp_reshard_after_forward: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer"])
-        if size not in GRN_C2I:
-            raise ValueError(f"model.size={size!r} is not one of {sorted(GRN_C2I)}")
-        if variant not in VARIANTS:
-            raise ValueError(f"model.variant={variant!r} is not one of {VARIANTS}")
-        if not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"model.label_dropout must lie in [0, 1), got {label_dropout}")
-        if sample_weights not in SAMPLE_WEIGHTS:
-            raise ValueError(f"model.sample_weights={sample_weights!r} is not one of {SAMPLE_WEIGHTS}")
-        if sample_weights == "ema2" and ema_decay_2 is None:
-            raise ValueError("model.sample_weights='ema2' needs model.ema_decay_2")
-        if compile not in parallelize.COMPILE_MODES:
-            raise ValueError(f"model.compile={compile!r} is not one of {parallelize.COMPILE_MODES}")
-        if warmup_steps < 0 or warmup_epochs < 0:
-            raise ValueError("model.warmup_steps and model.warmup_epochs must be >= 0")
-        if warmup_epochs > 0 and epoch_size is None:
-            raise ValueError("model.warmup_epochs needs model.epoch_size (samples per epoch)")
+        self.save_hyperparameters(ignore=["transformer", "tokenizer", "sampler"])
         if accuracy_bins < 1:
             raise ValueError(f"model.accuracy_bins must be >= 1, got {accuracy_bins}")
-        self.ratio = RatioDistribution(ratio_distribution, ratio_mu, ratio_sigma)
-        self.sampling = merge_sampling(sampling)
-        build_sampler(self.sampling)  # fail at construction on a bad sampling option
-        self.num_classes = num_classes
-        self.model = GRNC2ITransformer(
-            size=size, variant=variant, channels=channels, rounds=rounds, num_classes=num_classes,
-            grid_size=grid_size, in_context_tokens=in_context_tokens,
-        )  # fmt: skip
-        self.layout = TokenLayout(variant, channels, rounds)
-        self._init_ema_tracks(ema_decay, ema_decay_2)
-        # Held in __dict__, not _modules: no state_dict entries, no .to()/FSDP/optimiser involvement.
-        object.__setattr__(self, "tokenizer", None)
-        if tokenizer is not None:
-            object.__setattr__(self, "tokenizer", load_frozen_tokenizer(tokenizer, tokenizer_ckpt))
+        self._init_generator(transformer, tokenizer, tokenizer_ckpt, sampler or RefinementSampler(), corruption,
+                             optimization, ema, parallelism)  # fmt: skip
+        self.num_classes = transformer.num_classes
+        self.accuracy_bins = accuracy_bins
         self._acc_hits = torch.zeros(accuracy_bins, dtype=torch.float64)
         self._acc_counts = torch.zeros(accuracy_bins, dtype=torch.float64)
 
-    # -- optimisation -------------------------------------------------------------------------------------
-    def global_batch_size(self) -> int:
-        if self.hparams.global_batch_size is not None:
-            return int(self.hparams.global_batch_size)
-        trainer = self.trainer
-        datamodule = getattr(trainer, "datamodule", None)
-        per_device = getattr(getattr(datamodule, "hparams", None), "batch_size", None)
-        if per_device is None:
-            raise ValueError("set model.global_batch_size: the data module does not report its batch_size")
-        return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
-
-    def learning_rate(self) -> float:
-        if self.hparams.lr is not None:
-            return float(self.hparams.lr)
-        return scaled_lr(self.hparams.base_lr, self.global_batch_size())
-
-    def warmup_total_steps(self) -> int:
-        hp = self.hparams
-        steps = hp.warmup_steps
-        if hp.warmup_epochs > 0:
-            steps += math.ceil(hp.warmup_epochs * hp.epoch_size / self.global_batch_size())
-        return int(steps)
+    # -- configuration flows down -------------------------------------------------------------------------
+    def data_settings(self) -> dict:
+        """The shared settings (generator/module.py) with the fixed token grid the data must give."""
+        return {**super().data_settings(), "geometry": self.token_geometry(self.model.grid)}
 
     # -- labels -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -206,8 +121,8 @@ class C2IModule(GeneratorModule):
         labels = self.model_labels(self.index_labels(batch))
         cls = self._class_ids(batch)
         b = labels.shape[0]
-        if dropout and self.hparams.label_dropout > 0:
-            drop = torch.rand(b, device=cls.device, generator=generator) < self.hparams.label_dropout
+        if dropout and self.corruption.condition_dropout > 0:
+            drop = torch.rand(b, device=cls.device, generator=generator) < self.corruption.condition_dropout
             cls = torch.where(drop, torch.full_like(cls, self.num_classes), cls)
         ratio = self.ratio.sample(b, device=labels.device, generator=generator)
         state, _ = corrupt(labels, ratio, self.model.classes, generator=generator)
@@ -220,7 +135,7 @@ class C2IModule(GeneratorModule):
         b = labels.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         self.log("train/uniform_loss", self._uniform_loss(loss.device), batch_size=b)
-        hits, counts = ratio_bin_accuracy(logits.detach(), labels, ratio, self.hparams.accuracy_bins)
+        hits, counts = ratio_bin_accuracy(logits.detach(), labels, ratio, self.accuracy_bins)
         self._acc_hits = self._acc_hits.to(hits.device) + hits
         self._acc_counts = self._acc_counts.to(counts.device) + counts
         if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
@@ -240,7 +155,7 @@ class C2IModule(GeneratorModule):
     def _flush_bin_accuracy(self, stage: str) -> None:
         # Every rank reaches this on the same step, so the sum over ranks is a safe collective.
         stats = self.trainer.strategy.reduce(torch.stack([self._acc_hits, self._acc_counts]), reduce_op="sum")
-        bins = self.hparams.accuracy_bins
+        bins = self.accuracy_bins
         for index in range(bins):
             if stats[1, index] > 0:
                 name = f"{stage}/acc_p{index / bins:.2f}-{(index + 1) / bins:.2f}"
@@ -271,9 +186,6 @@ class C2IModule(GeneratorModule):
             self.log(f"{stage}/loss", loss, batch_size=count, sync_dist=True)
 
     # -- sampling -----------------------------------------------------------------------------------------
-    def _sampling_model(self) -> nn.Module:
-        return {"ema": self.ema, "ema2": self.ema2, "raw": self.model}[self.hparams.sample_weights]
-
     @staticmethod
     def seeds_from(generator: torch.Generator | None, count: int) -> torch.Tensor:
         """Per-sample int64 seeds drawn from `generator` (per-sample randomness, SPEC §6 / sampling/sampler.py)."""
@@ -282,7 +194,7 @@ class C2IModule(GeneratorModule):
     @torch.no_grad()
     def sample_labels(self, class_ids: torch.Tensor, generator: torch.Generator | None = None, **overrides):
         """Run the refinement sampler with the sampling weights; returns the sampler's result."""
-        sampler = build_sampler(merge_sampling(self.sampling, overrides))
+        sampler = with_overrides(self.sampler, overrides)
         model = self._sampling_model()
         seeds = self.seeds_from(generator, class_ids.shape[0])
         with self._autocast():
@@ -309,7 +221,7 @@ class C2IModule(GeneratorModule):
         `region` (bool [B, h, w] over the token grid) is True for `class_ids`, keep the rest, decode."""
         tokens = self.model_labels(self.index_labels({"pixels": pixels}))
         mask = region.reshape(region.shape[0], -1).to(tokens.device)
-        sampler = build_sampler(merge_sampling(self.sampling, overrides))
+        sampler = with_overrides(self.sampler, overrides)
         seeds = self.seeds_from(generator, tokens.shape[0])
         with self._autocast():
             model = self._sampling_model()
@@ -321,11 +233,10 @@ class C2IModule(GeneratorModule):
         """Requests from `C2IPredictRequests` (predict.py): class samples or region edits; `SampleWriter` (generator/writers.py)
         writes the returned images as PNGs and a grid."""
         generator = torch.Generator(device=self.device).manual_seed(int(batch["seed"]))
-        overrides = dict(batch.get("sampling") or {})
         if "pixels" in batch:
             pixels, region, rounds = batch["pixels"], batch["region"], int(batch.get("rounds", 1))
-            images = self.edit_images(pixels, region, batch["class_ids"], generator, rounds, **overrides)
+            images = self.edit_images(pixels, region, batch["class_ids"], generator, rounds)
         else:
-            images = self.sample_images(batch["class_ids"], generator, **overrides)
+            images = self.sample_images(batch["class_ids"], generator)
         return {"images": images, "names": batch["names"]}
 

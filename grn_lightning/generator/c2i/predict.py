@@ -18,6 +18,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from grn_lightning.data.buckets import SPATIAL_STRIDE
+from grn_lightning.data.tokens import TokenGeometry
 from grn_lightning.errors import GRNUserError
 
 
@@ -33,14 +35,16 @@ class C2IPredictRequests(L.LightningDataModule):
         samples_per_class: images per class.
         batch_size: images per `predict_step`.
         seed: base seed; batch i uses seed + i.
-        sampling: sampling overrides for every request (cfg_scale, temperature, steps, adaptive, ...).
         edit_image: image file for a region edit; None disables the edit request.
         edit_region: [top, left, bottom, right] of the edited region as fractions of the image side.
         edit_class: class the region is regenerated for (default: the first of `class_ids`).
         edit_samples: number of edits of the image (different seeds).
         edit_rounds: refinement rounds of the edit.
-        resolution: image side (the generator's training resolution).
-        token_stride: tokenizer spatial stride (16).
+        resolution: image side (the generator's training resolution; with the tokenizer's stride it must give the
+            generator's token grid, checked when the module connects).
+
+    Sampling options are the module's sampler (`--model.init_args.sampler.init_args.cfg_scale 3.0`); nothing about
+    the model travels in the request batches. The tokenizer's stride reaches this module through `connect`.
     """
 
     def __init__(
@@ -49,14 +53,12 @@ class C2IPredictRequests(L.LightningDataModule):
         samples_per_class: int = 4,
         batch_size: int = 16,
         seed: int = 0,
-        sampling: dict | None = None,
         edit_image: str | None = None,
         edit_region: list[float] | None = None,
         edit_class: int | None = None,
         edit_samples: int = 4,
         edit_rounds: int = 1,
         resolution: int = 256,
-        token_stride: int = 16,
     ) -> None:
         super().__init__()
         self.class_ids = list(class_ids if class_ids is not None else [0])
@@ -64,8 +66,6 @@ class C2IPredictRequests(L.LightningDataModule):
                             ("edit_samples", edit_samples), ("edit_rounds", edit_rounds)):  # fmt: skip
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
-        if resolution % token_stride:
-            raise ValueError(f"data.resolution={resolution} must be a multiple of token_stride={token_stride}")
         if edit_image is not None:
             if not os.path.exists(edit_image):
                 raise FileNotFoundError(f"data.edit_image: {edit_image} does not exist")
@@ -74,10 +74,20 @@ class C2IPredictRequests(L.LightningDataModule):
                 raise ValueError(f"data.edit_region must be [top, left, bottom, right] fractions, got {region}")
             self.edit_region = [float(v) for v in region]
         self.hp = dict(
-            samples_per_class=samples_per_class, batch_size=batch_size, seed=seed, sampling=dict(sampling or {}),
-            edit_image=edit_image, edit_class=edit_class, edit_samples=edit_samples, edit_rounds=edit_rounds,
-            resolution=resolution, token_stride=token_stride,
+            samples_per_class=samples_per_class, batch_size=batch_size, seed=seed, edit_image=edit_image,
+            edit_class=edit_class, edit_samples=edit_samples, edit_rounds=edit_rounds, resolution=resolution,
         )  # fmt: skip
+        self.geometry = TokenGeometry(channels=0, rounds=0, spatial_stride=SPATIAL_STRIDE)  # until `connect`
+
+    def connect(self, geometry: TokenGeometry | None = None, **training_only) -> None:
+        """The generator's token geometry (`GeneratorModule.setup`); batch and budget settings do not apply here."""
+        if geometry is not None and geometry.spatial_stride:
+            stride, side = geometry.spatial_stride, self.hp["resolution"] // geometry.spatial_stride
+            if self.hp["resolution"] % stride or (geometry.grid is not None and tuple(geometry.grid) != (side, side)):
+                raise ValueError(f"data.resolution={self.hp['resolution']} with the tokenizer's stride {stride} does "
+                                 f"not give the generator's token grid {geometry.grid}: set data.resolution to "
+                                 f"{(geometry.grid or (side,))[0] * stride}")  # fmt: skip
+            self.geometry = geometry
 
     def setup(self, stage: str) -> None:
         """Every requested class must exist in the model (before any sampling; an ImageNet id given to a 4-class
@@ -91,13 +101,13 @@ class C2IPredictRequests(L.LightningDataModule):
             outside = sorted({c for c in ids if not 0 <= c < classes})
             if outside:
                 raise GRNUserError(
-                    f"data.{option}: {outside} outside the model's classes 0..{classes - 1} (model.num_classes = "
+                    f"data.{option}: {outside} outside the model's classes 0..{classes - 1} (model.transformer.init_args.num_classes = "
                     f"{classes}); give ids in that range, e.g. --data.class_ids \"{list(range(min(classes, 4)))}\"."
                 )
 
     def region_mask(self) -> torch.Tensor:
         """bool [h, w] token mask of `edit_region`."""
-        side = self.hp["resolution"] // self.hp["token_stride"]
+        side = self.hp["resolution"] // self.geometry.spatial_stride
         top, left, bottom, right = (round(v * side) for v in self.edit_region)
         mask = torch.zeros(side, side, dtype=torch.bool)
         mask[top:max(bottom, top + 1), left:max(right, left + 1)] = True
@@ -112,7 +122,6 @@ class C2IPredictRequests(L.LightningDataModule):
             batches.append({
                 "class_ids": torch.tensor(ids[start : start + hp["batch_size"]], dtype=torch.int64),
                 "names": names[start : start + hp["batch_size"]], "seed": hp["seed"] + len(batches),
-                "sampling": hp["sampling"],
             })  # fmt: skip
         if hp["edit_image"] is not None:
             from PIL import Image
@@ -129,7 +138,6 @@ class C2IPredictRequests(L.LightningDataModule):
                 "region": self.region_mask()[None].expand(n, -1, -1).contiguous(),
                 "class_ids": torch.full((n,), cls, dtype=torch.int64), "rounds": hp["edit_rounds"],
                 "names": [f"edit_{stem}_class{cls:04d}_{i:03d}" for i in range(n)], "seed": hp["seed"] + len(batches),
-                "sampling": hp["sampling"],
             })  # fmt: skip
         return batches
 

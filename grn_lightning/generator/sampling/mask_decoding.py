@@ -50,7 +50,8 @@ class MaskDecodingSampler:
             raise ValueError(f"selection={selection!r} is not one of {SELECTIONS}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.steps, self.cfg_scale, self.cfg_interval = steps, float(cfg_scale), tuple(float(v) for v in cfg_interval)
+        self.steps, self.schedule, self.cfg_scale = steps, schedule, float(cfg_scale)
+        self.cfg_interval = tuple(float(v) for v in cfg_interval)
         self.temperature, self.selection, self.noise_device = float(temperature), selection, noise_device
 
     @torch.no_grad()

@@ -1,13 +1,16 @@
-"""Sampling options as plain dicts (YAML-friendly) → `RefinementSampler` (SPEC §6).
+"""Per-call sampling overrides (YAML-friendly dicts) over a module's sampler (SPEC §6).
 
-Configs and `GenerationMetrics(sampling=...)` carry sampling arguments as a dict of `RefinementSampler`'s
-keyword arguments; the `adaptive` entry may be a dict of `AdaptiveSteps` arguments, optionally with a `preset`
-("paper" or "release", adaptive.py) that the other keys override, or null for fixed steps.
-Per-call overrides are merged over the module's defaults, key by key (`adaptive` is replaced as a whole).
+The generator modules receive their sampler as an object (configs: `model.init_args.sampler`, a `RefinementSampler`
+or the `MaskDecodingSampler` baseline); callbacks such as `GenerationMetrics(sampling=...)` and
+`T2XSampleLogger(sampling=...)` may override some of its keyword arguments for their own calls. The overrides are
+merged over the sampler's arguments, key by key (`adaptive`, a dict of `AdaptiveSteps` arguments, optionally with a
+`preset` ("paper" or "release", adaptive.py) that the other keys override, or null, is replaced as a whole;
+`decoding: mask` selects the baseline), and a new sampler is built.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
 from grn_lightning.generator.sampling.adaptive import AdaptiveSteps
@@ -52,3 +55,22 @@ def build_sampler(options: Mapping):
         return RefinementSampler(**kwargs)
     except TypeError as err:
         raise ValueError(f"bad sampling options {sorted(kwargs)}: {err}") from err
+
+
+def sampler_options(sampler) -> dict:
+    """The keyword arguments `sampler` was built with, read back from its same-named attributes."""
+    names = [n for n in inspect.signature(type(sampler).__init__).parameters if n != "self"]
+    missing = [n for n in names if not hasattr(sampler, n)]
+    if missing:
+        raise TypeError(f"{type(sampler).__name__} must keep its init arguments {missing} as attributes")
+    return {n: getattr(sampler, n) for n in names}
+
+
+def with_overrides(sampler, overrides: Mapping | None):
+    """`sampler` itself without overrides, else a new sampler of its arguments updated with `overrides`."""
+    if not overrides:
+        return sampler
+    from grn_lightning.generator.sampling.mask_decoding import MaskDecodingSampler
+
+    options = {"decoding": "mask" if isinstance(sampler, MaskDecodingSampler) else "refine", **sampler_options(sampler)}
+    return build_sampler(merge_sampling(options, overrides))

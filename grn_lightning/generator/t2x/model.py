@@ -290,6 +290,9 @@ class GRNT2XTransformer(nn.Module):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         spec = GRN_T2X[size]
+        # init arguments, so a LightningModule built in Python saves this part as class_path/init_args hparams
+        self.config = dict(size=size, variant=variant, channels=channels, rounds=rounds, text_dim=text_dim,
+                           ratio_scale=ratio_scale, rope_theta=rope_theta, attention=attention)  # fmt: skip
         self.size, self.variant, self.attention = size, variant, attention
         self.channels, self.rounds, self.text_dim = channels, rounds, text_dim
         self.groups, self.classes = layout_dims(variant, channels, rounds)

@@ -21,146 +21,127 @@ temperature and, optionally, entropy-guided step counts with continuous batching
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from grn_lightning.generator import parallelize
-from grn_lightning.generator.frozen_tokenizer import freeze, load_frozen_tokenizer
+from grn_lightning.generator.frozen_tokenizer import freeze
 from grn_lightning.generator.module import GeneratorModule
 from grn_lightning.generator.t2x.bucket_packing import label_dtype, pack_bucket, plan_bucket
+from grn_lightning.generator.options import Corruption, EMATracks, Optimization, Parallelism
 from grn_lightning.generator.t2x.packing import (
     RELEASE_MAX_FRACTION,
     RELEASE_TOKEN_BUDGET,
     PackingOverflowError,
     packed_loss,
 )
-from grn_lightning.generator.refinement import RatioDistribution
-from grn_lightning.generator.sampling.options import build_sampler, merge_sampling
+from grn_lightning.generator.sampling.options import with_overrides
+from grn_lightning.generator.sampling.mask_decoding import MaskDecodingSampler
+from grn_lightning.generator.sampling.sampler import RefinementSampler
 from grn_lightning.generator.t2x.conditions import PromptConditions
-from grn_lightning.generator.t2x.model import ATTENTION_BACKENDS, GRN_T2X, GRNT2XTransformer
-from grn_lightning.generator.token_layout import TokenLayout
-from grn_lightning.hbq import VARIANTS
+from grn_lightning.generator.t2x.model import GRNT2XTransformer
+from grn_lightning.generator.t2x.text import UMT5TextEncoder
+from grn_lightning.tokenizer.vae import HBQTokenizer
 
 TRAIN_TASKS = ("auto", "t2i", "t2v", "i2v")
-SAMPLE_WEIGHTS = ("ema", "raw")
 # Text-model sampling defaults (SPEC §6): cosine schedule, CFG always on. The paper gives no T2I/T2V guidance scale
 # or temperature; these are starting points to tune, like the C2I values were.
 T2X_SAMPLING = {"steps": 50, "schedule": "cosine", "cfg_scale": 4.0, "cfg_interval": (0.0, 1.0), "temperature": 1.0}
 
 
-class T2XModule(GeneratorModule):
-    """GRN text-to-image / text-to-video / image-to-video training and sampling.
+@dataclass(frozen=True)
+class Packing:
+    """Greedy packing of T2X samples into rows of a token budget (t2x/packing.py, SPEC §5).
 
     Args:
-        size: transformer size, a key of `GRN_T2X` ("tiny", "GRN0b", "GRN2b", "GRN8b"; SPEC §5).
-        variant: "bit" (released models; K = 2) or "ind" (K = 2^M), SPEC §1.
-        channels: tokenizer latent channels C (64 for the joint image/video tokenizer).
-        rounds: HBQ rounds M (4).
-        attention: "sdpa" (dense block-diagonal mask; fine for short rows) or "flex" (sparse BlockMask, compiled on
-            CUDA; use it at the release's 40,960-token budget, where a dense mask would need L² bytes per row).
-        tokenizer: the frozen HBQ tokenizer (`grn_lightning.tokenizer.vae.HBQTokenizer`); needed for media batches,
-            I2V first frames and decoding samples.
-        tokenizer_ckpt: weights for `tokenizer` (None keeps its own weights, e.g. random-initialised in tests).
-        text_encoder: frozen text encoder with `width` and `encode(captions, tasks) -> list[[L_i, width]]`
-            (`grn_lightning.generator.t2x.text.UMT5TextEncoder`; sharded under FSDP2). None trains from token shards
-            that carry cached text states (tools/tokenize_shards.py --text-encoder-config); sampling needs it.
-        text_dim: width of the text states the transformer projects (umT5-XXL: 4096); must equal the encoder's.
-        task: "auto" (images → T2I, videos → T2V or I2V), or force "t2i" / "t2v" / "i2v".
-        i2v_probability: with task "auto", the share of video samples trained as I2V (clean first latent frame).
-        ratio_distribution: "logit_normal" (release) or "uniform" (paper).
-        ratio_mu: logit-normal mean (release T2I/T2V: −1.3).
-        ratio_sigma: logit-normal std (release T2I/T2V: 1.3).
-        caption_dropout: probability of training a sample on the empty caption (for CFG; 10%).
-        token_budget: tokens per packed row (release: 40,960 per GPU).
+        token_budget: tokens per packed row (release: 40,960 per GPU). The data module is told it and, unless
+            data.batch_size is stated, yields enough samples per batch to fill the rows.
         max_fraction: samples longer than this share of the budget are dropped (release: 0.4).
         pad_to_budget: pad every row to exactly `token_budget` (static shapes for compiled kernels).
         pad_multiple: otherwise pad rows to a multiple of this (128 = flex_attention's block size).
         max_rows: packed rows per step at most (None: as many as the batch needs); samples that would open a further
             row are dropped and counted in `train/dropped_samples`. With `pad_to_budget` this fixes the step's shape
             and memory (1 = the release's one 40,960-token row per GPU).
-        lr: AdamW learning rate (SPEC §3: 2e-4, 2e-5 for fine-tuning).
-        betas: AdamW betas ((0.9, 0.999)).
-        weight_decay: AdamW weight decay on ≥2-D weights (release 0.01; paper 0).
-        warmup_steps: linear warm-up in optimiser steps (50).
-        ema_decay: EMA decay (0.999), the weights used for sampling by default.
-        ema_decay_2: optional second EMA track; None disables it.
-        sample_weights: "ema" or "raw".
-        sampling: sampling defaults over `T2X_SAMPLING` (steps, schedule, cfg_scale, cfg_interval, temperature,
-            adaptive {preset, k, b, t_min, t_max, t0, cool_temperature}, max_batch, static_shapes).
+    """
+
+    token_budget: int = RELEASE_TOKEN_BUDGET
+    max_fraction: float = RELEASE_MAX_FRACTION
+    pad_to_budget: bool = False
+    pad_multiple: int = 128
+    max_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_budget < 1 or self.pad_multiple < 1:
+            raise ValueError("model.packing.token_budget and model.packing.pad_multiple must be >= 1")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"model.packing.max_rows must be >= 1 or null, got {self.max_rows}")
+        if not 0.0 < self.max_fraction <= 1.0:
+            raise ValueError(f"model.packing.max_fraction must lie in (0, 1], got {self.max_fraction}")
+
+
+class T2XModule(GeneratorModule):
+    """GRN text-to-image / text-to-video / image-to-video training and sampling.
+
+    Args:
+        transformer: the GRN text-to-X transformer (`GRNT2XTransformer`: size "tiny", "GRN0b", "GRN2b", "GRN8b";
+            variant "bit" for the released models; attention "sdpa" or "flex" (sparse BlockMask, compiled on CUDA:
+            use it at the release's 40,960-token budget); SPEC §5). Its channels and rounds must be the
+            tokenizer's and its text_dim the text encoder's width (checked here).
+        tokenizer: the frozen HBQ tokenizer (`grn_lightning.tokenizer.vae.HBQTokenizer`), the source of C, M and the
+            strides; needed for media batches, I2V first frames and decoding samples.
+        tokenizer_ckpt: weights for `tokenizer` (None keeps its own weights, e.g. random-initialised in tests).
+        text_encoder: frozen text encoder with `width`, `max_length` and `encode(captions, tasks) -> list[[L_i,
+            width]]` (`grn_lightning.generator.t2x.text.UMT5TextEncoder`; sharded under FSDP2). None trains from
+            token shards that carry cached text states (tools/tokenize_shards.py --text-encoder-config); sampling
+            needs it.
+        sampler: the refinement sampler; None = `RefinementSampler(**T2X_SAMPLING)` (cosine, CFG 4.0 always on,
+            τ 1). Chosen per run, not saved in checkpoints (`grn predict --model.init_args.sampler.init_args...`).
         negative_prompt: caption of the unconditional branch of CFG ("" = the empty caption used in training).
-        activation_checkpointing: recompute each block in backward (`configure_model`).
-        compile: torch.compile the transformer per "block", as a whole "model", or "none".
-        fsdp_bf16_params: under FSDP2, gather parameters in bf16 with fp32 gradient reduction.
-        fsdp_reshard_after_forward: under FSDP2, free gathered block weights after forward (ZeRO-3).
+        task: "auto" (images → T2I, videos → T2V or I2V), or force "t2i" / "t2v" / "i2v".
+        i2v_probability: with task "auto", the share of video samples trained as I2V (clean first latent frame).
+        corruption: kept-fraction distribution and caption dropout (release T2I/T2V: logit-normal(−1.3, 1.3), 10%).
+        packing: token budget and row packing of a step.
+        optimization: AdamW (SPEC §3: lr 2e-4, 2e-5 for fine-tuning; betas (0.9, 0.999); weight decay 0.01) and
+            the warm-up (50 steps).
+        ema: EMA decay (0.999) and the weights sampling uses.
+        parallelism: activation checkpointing, torch.compile and FSDP2 options (`configure_model`).
     """
 
     def __init__(
         self,
-        size: str = "GRN2b",
-        variant: str = "bit",
-        channels: int = 64,
-        rounds: int = 4,
-        attention: str = "sdpa",
-        tokenizer: nn.Module | None = None,
+        transformer: GRNT2XTransformer,
+        tokenizer: HBQTokenizer | None = None,
         tokenizer_ckpt: str | None = None,
-        text_encoder: nn.Module | None = None,
-        text_dim: int = 4096,
-        task: str = "auto",
-        i2v_probability: float = 0.0,
-        ratio_distribution: str = "logit_normal",
-        ratio_mu: float = -1.3,
-        ratio_sigma: float = 1.3,
-        caption_dropout: float = 0.1,
-        token_budget: int = RELEASE_TOKEN_BUDGET,
-        max_fraction: float = RELEASE_MAX_FRACTION,
-        pad_to_budget: bool = False,
-        pad_multiple: int = 128,
-        max_rows: int | None = None,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.01,
-        warmup_steps: int = 50,
-        ema_decay: float = 0.999,
-        ema_decay_2: float | None = None,
-        sample_weights: str = "ema",
-        sampling: dict | None = None,
+        text_encoder: UMT5TextEncoder | None = None,
+        sampler: RefinementSampler | MaskDecodingSampler | None = None,
         negative_prompt: str = "",
-        activation_checkpointing: bool = False,
-        compile: str = "none",
-        fsdp_bf16_params: bool = True,
-        fsdp_reshard_after_forward: bool = True,
+        task: Literal["auto", "t2i", "t2v", "i2v"] = "auto",
+        i2v_probability: float = 0.0,
+        corruption: Corruption = Corruption(ratio_mu=-1.3, ratio_sigma=1.3),
+        packing: Packing = Packing(),
+        optimization: Optimization = Optimization(lr=2e-4, betas=(0.9, 0.999), weight_decay=0.01, warmup_steps=50),
+        ema: EMATracks = EMATracks(decay=0.999),
+        parallelism: Parallelism = Parallelism(),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer", "text_encoder"])
-        checks = [
-            (size in GRN_T2X, f"model.size={size!r} is not one of {sorted(GRN_T2X)}"),
-            (variant in VARIANTS, f"model.variant={variant!r} is not one of {VARIANTS}"),
-            (attention in ATTENTION_BACKENDS, f"model.attention={attention!r} is not one of {ATTENTION_BACKENDS}"),
-            (task in TRAIN_TASKS, f"model.task={task!r} is not one of {TRAIN_TASKS}"),
-            (sample_weights in SAMPLE_WEIGHTS, f"model.sample_weights={sample_weights!r} is not one of {SAMPLE_WEIGHTS}"),
-            (compile in parallelize.COMPILE_MODES, f"model.compile={compile!r} is not one of {parallelize.COMPILE_MODES}"),
-            (0.0 <= i2v_probability <= 1.0, f"model.i2v_probability must lie in [0, 1], got {i2v_probability}"),
-            (0.0 <= caption_dropout < 1.0, f"model.caption_dropout must lie in [0, 1), got {caption_dropout}"),
-            (token_budget >= 1 and pad_multiple >= 1, "model.token_budget and model.pad_multiple must be >= 1"),
-            (max_rows is None or max_rows >= 1, f"model.max_rows must be >= 1 or null, got {max_rows}"),
-            (0.0 < max_fraction <= 1.0, f"model.max_fraction must lie in (0, 1], got {max_fraction}"),
-            (warmup_steps >= 0 and lr > 0, "model.lr must be > 0 and model.warmup_steps >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        if text_encoder is not None and int(text_encoder.width) != text_dim:
-            raise ValueError(f"model.text_dim={text_dim} differs from the text encoder's width {text_encoder.width}")
-        self.ratio = RatioDistribution(ratio_distribution, ratio_mu, ratio_sigma)
-        self.sampling = merge_sampling(T2X_SAMPLING, sampling)
-        build_sampler(self.sampling)  # fail at construction on a bad sampling option
-        self.model = GRNT2XTransformer(size=size, variant=variant, channels=channels, rounds=rounds,
-                                       text_dim=text_dim, attention=attention)  # fmt: skip
-        self.layout = TokenLayout(variant, channels, rounds)
-        self._init_ema_tracks(ema_decay, ema_decay_2)
-        # Frozen helpers held in __dict__, not _modules: no state_dict entries, no FSDP/optimiser involvement.
-        object.__setattr__(self, "tokenizer", None if tokenizer is None else load_frozen_tokenizer(tokenizer, tokenizer_ckpt))
+        self.save_hyperparameters(ignore=["transformer", "tokenizer", "text_encoder", "sampler"])
+        if task not in TRAIN_TASKS:
+            raise ValueError(f"model.task={task!r} is not one of {TRAIN_TASKS}")
+        if not 0.0 <= i2v_probability <= 1.0:
+            raise ValueError(f"model.i2v_probability must lie in [0, 1], got {i2v_probability}")
+        if text_encoder is not None and int(text_encoder.width) != transformer.text_dim:
+            raise ValueError(
+                f"model.transformer.init_args.text_dim={transformer.text_dim} differs from the text encoder's width "
+                f"{text_encoder.width}: set text_dim to {text_encoder.width}"
+            )
+        self._init_generator(transformer, tokenizer, tokenizer_ckpt, sampler or RefinementSampler(**T2X_SAMPLING),
+                             corruption, optimization, ema, parallelism)  # fmt: skip
+        self.task, self.i2v_probability = task, i2v_probability
+        self.negative_prompt, self.packing = negative_prompt, packing
+        # Frozen helper held in __dict__, not _modules: no state_dict entries, no FSDP/optimiser involvement.
         object.__setattr__(self, "text_encoder", None if text_encoder is None else freeze(text_encoder))
 
     def configure_model(self) -> None:
@@ -173,6 +154,14 @@ class T2XModule(GeneratorModule):
             return
         self._frozen_on_device(encoder)
         encoder.shard(parallelize.data_parallel_mesh(self._device_mesh))
+
+    def data_settings(self) -> dict:
+        """C, M and the strides, and the tokens a step holds: the data module fills them (unless its batch size is
+        stated), each sample counting its visual tokens + the text bound + 1 ratio token."""
+        text = getattr(self.text_encoder, "max_length", 0)
+        rows = self.packing.max_rows or 1
+        return {**super().data_settings(), "token_budget": self.packing.token_budget * rows,
+                "sample_extra_tokens": int(text) + 1}  # fmt: skip
 
     # -- inputs -------------------------------------------------------------------------------------------
     def _require_text_encoder(self) -> nn.Module:
@@ -189,14 +178,14 @@ class T2XModule(GeneratorModule):
         return self._require_tokenizer("training on media batches").tokenize(batch["pixels"].float())
 
     def _tasks(self, frames: int, count: int, generator: torch.Generator | None) -> list[str]:
-        task = self.hparams.task
+        task = self.task
         if task == "t2i" and frames != 1 or task in ("t2v", "i2v") and frames < 2:
             raise ValueError(f"model.task={task!r} cannot train on batches of {frames} latent frame(s)")
         if task != "auto":
             return [task] * count
         if frames == 1:
             return ["t2i"] * count
-        i2v = torch.rand(count, generator=generator) < self.hparams.i2v_probability
+        i2v = torch.rand(count, generator=generator) < self.i2v_probability
         return ["i2v" if flag else "t2v" for flag in i2v.tolist()]
 
     def _device_generator(self, generator: torch.Generator | None) -> torch.Generator | None:
@@ -237,7 +226,7 @@ class T2XModule(GeneratorModule):
         `bucket_packing.plan_bucket`); corruption, placement and the ratio token run on the device with its RNG
         (`pack_bucket`), with no host sync. `generator`: a CPU generator that makes every draw reproducible
         (evaluation, tests); None uses the global generators (training)."""
-        hp = self.hparams
+        pk = self.packing
         started = time.perf_counter()
         labels = self.index_labels(batch)
         count_all, _, frames, h, w = labels.shape
@@ -250,15 +239,15 @@ class T2XModule(GeneratorModule):
             rows = torch.nonzero(valid.cpu()).flatten().tolist()
         tasks = self._tasks(frames, len(rows), generator)
         dropped = [False] * len(rows)
-        if dropout and hp.caption_dropout > 0:
-            dropped = (torch.rand(len(rows), generator=generator) < hp.caption_dropout).tolist()
+        if dropout and self.corruption.condition_dropout > 0:
+            dropped = (torch.rand(len(rows), generator=generator) < self.corruption.condition_dropout).tolist()
         host_seconds = time.perf_counter() - started
         texts, text_lengths, text_starts = self._texts(batch, rows, tasks, dropped)
         started = time.perf_counter()
         # the bucket's template ratio travels with each sample (SPEC §5); None snaps the grid to its template
         ratios = batch.get("aspect_ratio") or [None] * count_all
         plan = plan_bucket((frames, h, w), text_lengths, [t == "i2v" for t in tasks], [ratios[i] for i in rows],
-                           hp.token_budget, hp.max_fraction, hp.pad_to_budget, hp.pad_multiple, hp.max_rows,
+                           pk.token_budget, pk.max_fraction, pk.pad_to_budget, pk.pad_multiple, pk.max_rows,
                            text_starts=text_starts, sources=rows)  # fmt: skip
         self.last_host_seconds = host_seconds + time.perf_counter() - started  # benchmarks/t2x_host_step.py
         device_generator = self._device_generator(generator)
@@ -276,7 +265,9 @@ class T2XModule(GeneratorModule):
         try:
             packed = self.packed_batch(batch, generator, dropout)
         except PackingOverflowError as err:
-            raise ValueError(f"{err}: raise model.token_budget or lower the data resolution / frame count") from err
+            raise ValueError(
+                f"{err}: raise model.packing.token_budget or lower the data resolution / frame count"
+            ) from err
         logits = net(**packed.model_inputs())
         result = packed_loss(logits, packed.labels, packed.loss_mask, packed.segment_ids, len(packed.sample_indices))
         return result.loss, packed
@@ -318,9 +309,6 @@ class T2XModule(GeneratorModule):
             self.log(f"{stage}/loss", loss, batch_size=count, sync_dist=True)
 
     # -- sampling -----------------------------------------------------------------------------------------
-    def _sampling_model(self) -> nn.Module:
-        return self.ema if self.hparams.sample_weights == "ema" else self.model
-
     @torch.no_grad()
     def sample_labels(
         self, captions: list[str], grid: tuple[int, int, int], task: str = "t2i", seeds: list[int] | None = None,
@@ -333,8 +321,8 @@ class T2XModule(GeneratorModule):
             raise ValueError(f"task={task!r} is not one of ('t2i', 't2v', 'i2v')")
         if (task == "i2v") != (first_frame_labels is not None):
             raise ValueError("I2V sampling needs first_frame_labels, and only I2V takes them")
-        sampler = build_sampler(merge_sampling(self.sampling, overrides))
-        texts = self._require_text_encoder().encode([*captions, self.hparams.negative_prompt], task)
+        sampler = with_overrides(self.sampler, overrides)
+        texts = self._require_text_encoder().encode([*captions, self.negative_prompt], task)
         weights = self._sampling_model()
         model = PromptConditions(weights, texts, grid, clean_first=first_frame_labels)
         seeds = list(range(len(captions))) if seeds is None else seeds
@@ -378,6 +366,6 @@ class T2XModule(GeneratorModule):
         `SampleWriter` (generator/writers.py) writes the returned media as PNGs / MP4s and a grid."""
         media = self.sample_media(
             batch["captions"], batch["height"], batch["width"], batch["frames"], first_frame=batch.get("first_frame"),
-            seeds=batch["seeds"], **dict(batch.get("sampling") or {}),
+            seeds=batch["seeds"],
         )  # fmt: skip
         return {"media": media, "names": batch["names"]}

@@ -16,6 +16,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from grn_lightning.data.tokens import TokenGeometry
+
 
 def _identity(batch):
     return batch
@@ -30,11 +32,13 @@ class T2XPromptRequests(L.LightningDataModule):
         samples_per_prompt: samples of every prompt.
         batch_size: samples per `predict_step`.
         seed: seed of the first sample; sample i uses seed + i.
-        height: output height in pixels (a multiple of the tokenizer's stride, 16).
+        height: output height in pixels (a multiple of the tokenizer's stride, checked when the module connects).
         width: output width in pixels.
         frames: 1 (images) or 1 + 4k frames (clips).
         first_frame: image file: clips continue from it (I2V); None samples T2I / T2V.
-        sampling: sampling overrides for every request (cfg_scale, temperature, steps, schedule, adaptive, ...).
+
+    Sampling options are the module's sampler (`--model.init_args.sampler.init_args.cfg_scale 5.0`); nothing about
+    the model travels in the request batches.
     """
 
     def __init__(
@@ -48,7 +52,6 @@ class T2XPromptRequests(L.LightningDataModule):
         width: int = 256,
         frames: int = 1,
         first_frame: str | None = None,
-        sampling: dict | None = None,
     ) -> None:
         super().__init__()
         self.prompts = list(prompts or [])
@@ -60,12 +63,22 @@ class T2XPromptRequests(L.LightningDataModule):
             raise ValueError("give data.prompts or data.prompts_file: there is nothing to sample")
         if samples_per_prompt < 1 or batch_size < 1:
             raise ValueError("data.samples_per_prompt and data.batch_size must be >= 1")
-        if height % 16 or width % 16 or frames < 1 or (frames - 1) % 4:
-            raise ValueError(f"data.height/width must be multiples of 16 and frames 1 + 4k, got {height}x{width}x{frames}")
+        if height < 1 or width < 1 or frames < 1:
+            raise ValueError(f"data.height, width and frames must be >= 1, got {height}x{width}x{frames}")
         if first_frame is not None and (frames == 1 or not Path(first_frame).is_file()):
             raise ValueError(f"data.first_frame={first_frame!r}: I2V needs an existing image file and frames > 1")
         self.hp = dict(samples_per_prompt=samples_per_prompt, batch_size=batch_size, seed=seed, height=height,
-                       width=width, frames=frames, first_frame=first_frame, sampling=dict(sampling or {}))  # fmt: skip
+                       width=width, frames=frames, first_frame=first_frame)  # fmt: skip
+
+    def connect(self, geometry: TokenGeometry | None = None, **training_only) -> None:
+        """The tokenizer's strides (`GeneratorModule.setup`): the requested size must be tokenizable."""
+        if geometry is None or not geometry.spatial_stride:
+            return
+        stride, temporal = geometry.spatial_stride, geometry.temporal_stride or 1
+        hp = self.hp
+        if hp["height"] % stride or hp["width"] % stride or (hp["frames"] - 1) % temporal:
+            raise ValueError(f"data.height/width must be multiples of the tokenizer's stride {stride} and data.frames "
+                             f"1 + {temporal}k, got {hp['height']}x{hp['width']}x{hp['frames']}")  # fmt: skip
 
     def _first_frame_pixels(self) -> torch.Tensor:
         """[3, 1, H, W] in [-1, 1]: the I2V picture, resized to cover the output and centre-cropped (as training)."""
@@ -87,7 +100,7 @@ class T2XPromptRequests(L.LightningDataModule):
             chunk = captions[start : start + hp["batch_size"]]
             batch = {"captions": chunk, "names": names[start : start + len(chunk)],
                      "seeds": [hp["seed"] + start + i for i in range(len(chunk))], "height": hp["height"],
-                     "width": hp["width"], "frames": hp["frames"], "sampling": hp["sampling"]}  # fmt: skip
+                     "width": hp["width"], "frames": hp["frames"]}  # fmt: skip
             if first is not None:
                 batch["first_frame"] = first[None].expand(len(chunk), -1, -1, -1, -1).contiguous()
             batches.append(batch)
