@@ -147,8 +147,10 @@ def test_checkpoint_of_another_module_class_is_refused(tmp_path, preempted_run, 
 
 def test_command_line_value_the_checkpoint_would_override_is_an_error(tmp_path, preempted_run, demo_data):
     checkpoint = preempted_run[3]
-    proc = grn("fit", *c2i_args(tmp_path, demo_data, "--ckpt_path", str(checkpoint), "--model.init_args.size", "B"))
-    assert_one_error(proc, "model.init_args.size: checkpoint 'tiny', configuration 'B'", "--ckpt_settings config")
+    proc = grn("fit", *c2i_args(tmp_path, demo_data, "--ckpt_path", str(checkpoint),
+                                "--model.init_args.transformer.init_args.size", "B"))  # fmt: skip
+    assert_one_error(proc, "model.init_args.transformer.init_args.size: checkpoint 'tiny', configuration 'B'",
+                     "--ckpt_settings config")  # fmt: skip
 
 
 def test_test_command_keeps_the_fit_config_and_records_the_checkpoint_step(preempted_run, demo_data):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -118,7 +117,7 @@ class T2XModule(GeneratorModule):
         text_encoder: UMT5TextEncoder | None = None,
         sampler: RefinementSampler | MaskDecodingSampler | None = None,
         negative_prompt: str = "",
-        task: Literal["auto", "t2i", "t2v", "i2v"] = "auto",
+        task: str = "auto",
         i2v_probability: float = 0.0,
         corruption: Corruption = Corruption(ratio_mu=-1.3, ratio_sigma=1.3),
         packing: Packing = Packing(),
