@@ -52,6 +52,8 @@ def test_t2i_config_is_the_release_recipe(capsys):
     assert packing["pad_to_budget"] and config["data"]["init_args"]["batch_size"] is None  # filled from the budget
     sampling = model["sampler"]["init_args"]
     assert sampling["schedule"] == "cosine" and sampling["cfg_interval"] == [0.0, 1.0]  # CFG always on for text
+    adaptive = sampling["adaptive"]["init_args"]  # SPEC §6: paper Eq. 9 values, Tmin 10 for text models
+    assert (adaptive["k"], adaptive["b"], adaptive["t_min"], adaptive["t_max"], adaptive["t0"]) == (600.0, -547.2, 10, 50, 5)
     trainer = config["trainer"]
     assert trainer["precision"] == "bf16-mixed" and trainer["gradient_clip_val"] == 0.1
     assert trainer["strategy"]["class_path"].endswith("ModelParallelStrategy")

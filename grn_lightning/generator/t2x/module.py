@@ -15,7 +15,8 @@ the step reads nothing back from the device. With token shards that carry text s
 
 Sampling (`sample_labels` / `sample_media`) reuses the refinement sampler through `PromptConditions`
 (t2x/conditions.py): cosine schedule, CFG always on (interval [0, 1]) against the empty caption or a negative prompt,
-temperature and, optionally, entropy-guided step counts with continuous batching.
+temperature and, optionally, entropy-guided step counts with continuous batching. Region edits (`edit_labels` /
+`edit_media`) regenerate a masked region of a source image or clip through the same sampler's `edit`, as C2I does.
 """
 
 from __future__ import annotations
@@ -360,9 +361,55 @@ class T2XModule(GeneratorModule):
         grid = (labels.shape[1], h, w)
         return self.decode(labels.reshape(len(captions), -1, labels.shape[-1]), grid)
 
+    @torch.no_grad()
+    def edit_labels(
+        self, captions: list[str], source_labels: torch.Tensor, region: torch.Tensor, grid: tuple[int, int, int],
+        task: str = "t2i", seeds: list[int] | None = None, rounds: int = 1, **overrides,
+    ):  # fmt: skip
+        """Region refinement ("sketch and revise", SPEC §6) through the shared `RefinementSampler.edit`: regenerate the
+        tokens of `source_labels` [B, T'·h·w, G] where `region` [B, T'·h·w] is True, for `captions`; every other token
+        stays the source's, bit for bit. Returns the sampler's `SampleResult`."""
+        if task not in ("t2i", "t2v"):
+            raise ValueError(f"region edits take task 't2i' or 't2v', got {task!r} (I2V is the first-frame case)")
+        sampler = with_overrides(self.sampler, overrides)
+        texts = self._require_text_encoder().encode([*captions, self.negative_prompt], task)
+        weights = self._sampling_model()
+        model = PromptConditions(weights, texts, grid)
+        seeds = list(range(len(captions))) if seeds is None else seeds
+        ids = torch.arange(len(captions), device=self.device)
+        with self._autocast():
+            return sampler.edit(model, source_labels.to(self.device), region.to(self.device), ids, seeds, rounds,
+                                lockstep=self._lockstep(weights))  # fmt: skip
+
+    @torch.no_grad()
+    def edit_media(
+        self, captions: list[str], source: torch.Tensor, mask: torch.Tensor, seeds: list[int] | None = None,
+        rounds: int = 1, **overrides,
+    ) -> torch.Tensor:  # fmt: skip
+        """Regenerate the masked region of images or clips `source` [B, 3, T, H, W] in [-1, 1] for `captions`;
+        `mask` bool [B, H, W] (True = regenerate) marks the same pixels in every frame. A token is regenerated when
+        any pixel of its stride × stride patch is masked. Returns media like `sample_media`."""
+        tokenizer = self._require_tokenizer("region edits")
+        index = tokenizer.tokenize(source.to(self.device).float())  # [B, C, T', h, w]
+        t, h, w = index.shape[2:]
+        if mask.shape != (source.shape[0], *source.shape[-2:]):
+            raise ValueError(f"mask must be [B, H, W] = {(source.shape[0], *source.shape[-2:])}, got {tuple(mask.shape)}")
+        patch = (source.shape[-2] // h, source.shape[-1] // w)
+        cells = torch.nn.functional.max_pool2d(mask.to(self.device)[:, None].float(), patch, patch)[:, 0] > 0
+        region = cells[:, None].expand(-1, t, -1, -1).reshape(len(captions), -1)
+        task = "t2i" if source.shape[2] == 1 else "t2v"
+        result = self.edit_labels(captions, self.layout.to_tokens(index), region, (t, h, w), task, seeds, rounds,
+                                  **overrides)  # fmt: skip
+        return self.decode(result.labels, (t, h, w))
+
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """Requests from `T2XPromptRequests` (t2x/predict.py): samples for captions (I2V with `first_frame`);
-        `SampleWriter` (generator/writers.py) writes the returned media as PNGs / MP4s and a grid."""
+        """Requests from `T2XPromptRequests` (t2x/predict.py): samples for captions (I2V with `first_frame`), or region
+        edits of a `source` image / clip under `mask`; `SampleWriter` (generator/writers.py) writes the returned media
+        as PNGs / MP4s and a grid."""
+        if "source" in batch:
+            media = self.edit_media(batch["captions"], batch["source"], batch["mask"], seeds=batch["seeds"],
+                                    rounds=int(batch["rounds"]))  # fmt: skip
+            return {"media": media, "names": batch["names"]}
         media = self.sample_media(
             batch["captions"], batch["height"], batch["width"], batch["frames"], first_frame=batch.get("first_frame"),
             seeds=batch["seeds"],
