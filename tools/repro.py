@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Fashion-MNIST reproduction of GRN in miniature (docs/REPRODUCTION.md): every stage through `grn fit/test` and the
+configs in configs/repro/, then the tables and plots.
+
+    python tools/repro.py --setting cpu --out outputs/repro              (make repro)
+    python tools/repro.py --setting gpu --out outputs/repro_gpu          (make repro REPRO_SETTING=gpu)
+    python tools/repro.py --setting ci --out /tmp/repro --stages data,classifier,tokenizer,tokens,c2i
+
+Stages (each skipped when its result exists, so an interrupted run resumes): data (tools/make_fashion_mnist.py),
+classifier (tools/train_classifier.py), tokenizer (image M=4 fit + test), ablation (M=2, M=8, continuous),
+tokens (tools/tokenize_shards.py), c2i (GRN_ind with the sampling sweeps, GRN_bit), t2x (joint tokenizer, then T2I +
+T2V + I2V), report (tables.md, results.json, PNG plots). Every command, its wall time and the commit go to
+runs.jsonl; the report quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from repro_settings import SETTINGS, sweep_entries  # noqa: E402
+from repro_report import write_report  # noqa: E402
+
+CONFIGS = "configs/repro"
+
+
+class Runner:
+    def __init__(self, out: Path, setting: dict, force: bool) -> None:
+        self.out, self.setting, self.force = out, setting, force
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = out / "runs.jsonl"
+
+    def run(self, name: str, command: list[str], done: Path | None = None) -> None:
+        """Run `command` (logged with its wall time) unless `done` exists."""
+        if done is not None and done.exists() and not self.force:
+            print(f"== {name}: done ({done})", flush=True)
+            return
+        print(f"== {name}: {' '.join(command)}", flush=True)
+        started = time.time()
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        with open(self.out / f"{name}.log", "w") as log:
+            code = subprocess.call(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        entry = {"name": name, "command": command, "seconds": round(time.time() - started, 1), "exit": code,
+                 "commit": _commit(), "device": self.setting["device"], "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+        with open(self.log, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        if code != 0:
+            tail = (self.out / f"{name}.log").read_text().splitlines()[-30:]
+            raise SystemExit(f"stage {name} failed (exit {code}); last lines of {self.out / name}.log:\n" + "\n".join(tail))
+
+
+def _commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _grn(*args: str) -> list[str]:
+    return [sys.executable, "-m", "grn_lightning.cli", *args]
+
+
+def _run_dir(out: Path, name: str) -> list[str]:
+    """Overrides that put a run's checkpoints and logs at out/name/tb/{fit,test}."""
+    return ["--trainer.default_root_dir", str(out / name), "--trainer.logger.init_args.save_dir", str(out / name)]
+
+
+def _ckpt(out: Path, name: str) -> Path:
+    return out / name / "tb" / "fit" / "checkpoints" / "last.ckpt"
+
+
+def _judge(task: str, out: Path, s: dict, reference: str | None, sweep: list[dict] | None = None, name: str = "") -> dict:
+    init = {"classifier": str(out / "classifier.pt"), "task": task, "batch_size": s["judge_batch"],
+            "samples_per_condition": s["i2v_clips"] if task == "i2v" else s["samples_per_condition"],
+            "reference_shards": reference, "reference_limit": s["reference_limit"], "sweep": sweep,
+            "output_json": str(out / "results" / f"{name or task}.json"), "grid_dir": str(out / "grids" / (name or task)),
+            "every_n_val_runs": 0, "log_prefix": name or task}  # fmt: skip
+    return {"class_path": "grn_lightning.eval.classifier_metrics.ClassifierSampleMetrics", "init_args": init}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="cpu")
+    parser.add_argument("--out", default="outputs/repro")
+    parser.add_argument("--idx-dir", default=None, help="Fashion-MNIST IDX folder (default: tools/make_fashion_mnist.py's)")
+    parser.add_argument("--stages", default="data,classifier,tokenizer,ablation,tokens,c2i,t2x,report")
+    parser.add_argument("--force", action="store_true", help="rerun stages whose results exist")
+    args = parser.parse_args(argv)
+    s, out = SETTINGS[args.setting], Path(args.out).resolve()
+    stages = args.stages.split(",")
+    runner = Runner(out, s, args.force)
+    data = out / "data"
+    py = sys.executable
+    if "data" in stages:
+        cmd = [py, "tools/make_fashion_mnist.py", "--out", str(data), "--train-clips", str(s["train_clips"]),
+               "--test-clips", str(s["test_clips"])] + (["--idx-dir", args.idx_dir] if args.idx_dir else [])  # fmt: skip
+        if s["max_train_images"]:
+            cmd += ["--max-train-images", str(s["max_train_images"])]
+        runner.run("data", cmd, None)
+    patterns = json.loads((data / "fashion_mnist.json").read_text())["patterns"]
+    images = ["--data.train_shards", patterns["images-train"], "--data.val_shards", patterns["images-val"],
+              "--data.test_shards", patterns["images-test"]]  # fmt: skip
+    trainer = s["trainer"]
+    if "classifier" in stages:
+        runner.run("classifier", [py, "tools/train_classifier.py", "--train", patterns["images-train"], "--test",
+                                  patterns["images-test"], "--out", str(out / "classifier.pt"), *s["classifier_args"]],
+                   out / "classifier.pt")  # fmt: skip
+
+    def tokenizer(name: str, overlays: list[str], steps: int, extra: list[str] = ()) -> None:
+        configs = ["--config", f"{CONFIGS}/tokenizer_image.yaml"] + [a for o in overlays for a in ("--config", f"{CONFIGS}/{o}")]
+        common = [*configs, *_run_dir(out, name), *images, *trainer, *s["tokenizer_args"], *extra]
+        runner.run(f"{name}_fit", _grn("fit", *common, "--trainer.max_steps", str(steps),
+                                       "--trainer.val_check_interval", str(steps), "--trainer.logger.init_args.version", "fit"),
+                   _ckpt(out, name))  # fmt: skip
+        runner.run(f"{name}_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, name)),
+                                        "--trainer.limit_test_batches", str(s["limit_test_batches"]),
+                                        "--trainer.logger.init_args.version", "test"),
+                   out / name / "tb" / "test" / "metrics_protocol.json")  # fmt: skip
+
+    if "tokenizer" in stages:
+        tokenizer("tokenizer_image", [], s["tokenizer_steps"])
+    if "ablation" in stages:
+        for overlay in ("tokenizer_m2", "tokenizer_m8", "tokenizer_continuous"):
+            tokenizer(overlay, [f"{overlay}.yaml"], s["tokenizer_steps"])
+    tokens = out / "tokens"
+    if "tokens" in stages:
+        for split in ("images-train", "images-val"):
+            runner.run(f"tokens_{split}", [py, "tools/tokenize_shards.py", "--input", patterns[split], "--output", str(tokens),
+                                           "--tokenizer-config", f"{CONFIGS}/c2i_ind.yaml", "--tokenizer-ckpt",
+                                           str(_ckpt(out, "tokenizer_image")), "--resolution", "32", "--device", s["device_name"],
+                                           "--batch-size", "256", "--no-progress"],
+                       tokens / f"{split}.done")  # fmt: skip
+            (tokens / f"{split}.done").touch()
+    if "c2i" in stages:
+        token_patterns = {k: patterns[k].replace(str(data / "shards"), str(tokens)) for k in ("images-train", "images-val")}
+        for variant in ("ind", "bit"):
+            name = f"c2i_{variant}"
+            configs = ["--config", f"{CONFIGS}/c2i_ind.yaml"] + (["--config", f"{CONFIGS}/c2i_bit.yaml"] if variant == "bit" else [])
+            common = [*configs, *_run_dir(out, name), *trainer, *s["c2i_args"],
+                      "--model.init_args.tokenizer_ckpt", str(_ckpt(out, "tokenizer_image")),
+                      "--data.train_shards", token_patterns["images-train"], "--data.val_shards", token_patterns["images-val"],
+                      "--data.test_shards", token_patterns["images-val"]]  # fmt: skip
+            grid = _judge("c2i", out, {**s, "samples_per_condition": 4}, None, None, f"{name}_train")
+            grid["init_args"].update(every_n_val_runs=1, output_json=None)
+            runner.run(f"{name}_fit", _grn("fit", *common, "--trainer.max_steps", str(s["c2i_steps"]),
+                                           "--trainer.val_check_interval", str(s["c2i_steps"] // 2),
+                                           "--trainer.logger.init_args.version", "fit", "--trainer.callbacks",
+                                           json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                                        "init_args": {"save_last": True}}, grid])),
+                       _ckpt(out, name))  # fmt: skip
+            sweep = [entry for _, _, entry in sweep_entries(s)] if variant == "ind" else [{}]
+            judge = _judge("c2i", out, s, patterns["images-test"], sweep, name)
+            runner.run(f"{name}_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, name)),
+                                            "--trainer.limit_test_batches", "2", "--trainer.logger.init_args.version", "test",
+                                            "--trainer.callbacks", json.dumps([judge])),
+                       out / "results" / f"{name}.json")  # fmt: skip
+    if "t2x" in stages:
+        video = ["--data.train_video_shards", patterns["clips-train"], "--data.val_video_shards", patterns["clips-test"]]
+        tokenizer("tokenizer_video", ["tokenizer_video.yaml"], s["video_tokenizer_steps"], video)
+        common = ["--config", f"{CONFIGS}/t2x.yaml", *_run_dir(out, "t2x"), *images, *video, *trainer, *s["t2x_args"],
+                  "--model.init_args.tokenizer_ckpt", str(_ckpt(out, "tokenizer_video"))]  # fmt: skip
+        runner.run("t2x_fit", _grn("fit", *common, "--trainer.max_steps", str(s["t2x_steps"]),
+                                   "--trainer.val_check_interval", str(s["t2x_steps"] // 2),
+                                   "--trainer.logger.init_args.version", "fit"), _ckpt(out, "t2x"))  # fmt: skip
+        judges = [_judge("t2i", out, s, patterns["images-test"]), _judge("t2v", out, s, None),
+                  _judge("i2v", out, s, patterns["clips-test"])]  # fmt: skip
+        runner.run("t2x_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, "t2x")), "--trainer.limit_test_batches", "2",
+                                    "--trainer.logger.init_args.version", "test", "--trainer.callbacks", json.dumps(judges)),
+                   out / "results" / "i2v.json")  # fmt: skip
+    if "report" in stages:
+        path = write_report(out, s)
+        print(f"== report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

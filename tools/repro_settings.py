@@ -1,0 +1,55 @@
+"""Settings of tools/repro.py: "cpu" (make repro; 2 CPU cores), "gpu" (make repro REPRO_SETTING=gpu; larger models,
+longer runs), "ci" (the reduced pipeline of the slow test). Each stage reads its steps and overrides from here."""
+
+from __future__ import annotations
+
+ADAPTIVE_PAPER = {"t0": 5, "k": 600.0, "b": -547.2, "t_min": 20, "t_max": 50}
+
+_CPU = {
+    "device": "CPU (2 shared cores)", "device_name": "cpu", "trainer": [],
+    "train_clips": 6000, "test_clips": 1000, "max_train_images": None,
+    "classifier_args": ["--steps", "600", "--batch-size", "64", "--width", "16"],
+    "tokenizer_steps": 600, "video_tokenizer_steps": 600, "tokenizer_args": [], "limit_test_batches": 40,
+    "c2i_steps": 2000, "c2i_args": [], "t2x_steps": 2000, "t2x_args": [],
+    "samples_per_condition": 10, "judge_batch": 50, "reference_limit": 10000, "i2v_clips": 50,
+    "compare_steps": [8, 16], "sweep_steps": 16, "cfg_scales": [1.0, 1.5, 2.0, 3.0, 4.0], "temperatures": [0.7, 1.0, 1.3],
+}  # fmt: skip
+
+SETTINGS: dict[str, dict] = {
+    "cpu": _CPU,
+    "gpu": {
+        **_CPU, "device": "1 GPU", "device_name": "cuda",
+        "trainer": ["--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed"],
+        "train_clips": 30000, "test_clips": 2000,
+        "classifier_args": ["--steps", "3000", "--batch-size", "256", "--width", "32"],
+        "tokenizer_steps": 5000, "video_tokenizer_steps": 5000, "limit_test_batches": 1000,
+        "tokenizer_args": ["--data.batch_size", "128", "--model.init_args.tokenizer.init_args.dim", "32",
+                           "--model.init_args.tokenizer.init_args.dec_dim", "64"],
+        "c2i_steps": 20000, "c2i_args": ["--model.init_args.size", "B", "--data.batch_size", "256"],
+        "t2x_steps": 20000, "t2x_args": ["--model.init_args.size", "GRN0b"],
+        "samples_per_condition": 100, "judge_batch": 250, "i2v_clips": 500,
+    },  # fmt: skip
+    "ci": {
+        **_CPU, "train_clips": 300, "test_clips": 50, "max_train_images": 5000,
+        "classifier_args": ["--steps", "150", "--batch-size", "64", "--width", "8", "--floor-samples", "1000"],
+        "tokenizer_steps": 150, "video_tokenizer_steps": 60, "limit_test_batches": 4,
+        "c2i_steps": 300, "t2x_steps": 100, "samples_per_condition": 5, "reference_limit": 1000, "i2v_clips": 10,
+        "compare_steps": [8], "cfg_scales": [2.0], "temperatures": [1.0],
+    },  # fmt: skip
+}
+
+
+def sweep_entries(s: dict) -> list[tuple[str, str, dict]]:
+    """(table, row label, sampling overrides) evaluated by the GRN_ind test run, in order; [0] is the default."""
+    n = s["sweep_steps"]
+    rows: list[tuple[str, str, dict]] = [("default", "config sampling (50 steps)", {})]
+    for steps in s["compare_steps"]:  # paper Table 7
+        rows.append(("decoding", f"refinement, {steps} steps", {"steps": steps}))
+        rows.append(("decoding", f"mask-based (confidence), {steps} steps", {"steps": steps, "decoding": "mask", "selection": "confidence"}))
+    rows.append(("selection", f"random, {n} steps", {"steps": n}))  # paper Table 10
+    rows.append(("selection", f"confidence, {n} steps", {"steps": n, "selection": "confidence"}))
+    rows.append(("adaptive", "fixed 50 steps", {"steps": 50}))  # paper Table 11
+    rows.append(("adaptive", "entropy-guided (paper k, b; 20-50)", {"adaptive": ADAPTIVE_PAPER}))
+    rows += [("cfg", f"{w}", {"steps": n, "cfg_scale": w}) for w in s["cfg_scales"]]
+    rows += [("tau", f"{t}", {"steps": n, "temperature": t}) for t in s["temperatures"]]
+    return rows
