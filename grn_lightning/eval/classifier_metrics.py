@@ -195,6 +195,11 @@ class ClassifierSampleMetrics(pl.Callback):
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self.evaluate(trainer, pl_module, "test")
 
+    @property
+    def state_key(self) -> str:
+        # several instances (t2i, t2v, i2v) may sit in one trainer; each keeps its own run count in checkpoints
+        return self._generate_state_key(task=self.task, log_prefix=self.prefix)
+
     def state_dict(self) -> dict:
         return {"runs": self.runs}
 
