@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         runner.run("t2x_fit", _grn("fit", *common, "--trainer.max_steps", str(s["t2x_steps"]),
                                    "--trainer.val_check_interval", str(s["t2x_steps"] // 2),
                                    "--trainer.logger.init_args.version", "fit"), _ckpt(out, "t2x"))  # fmt: skip
-        judges = [_judge("t2i", out, s, patterns["images-test"]), _judge("t2v", out, s, None),
-                  _judge("i2v", out, s, patterns["clips-test"])]  # fmt: skip
+        judges = [_judge("t2i", out, s, patterns["images-test"], s["t2x_sweep"]),
+                  _judge("t2v", out, {**s, "samples_per_condition": s["t2v_per_condition"]}, None, s["t2x_sweep"]),
+                  _judge("i2v", out, s, patterns["clips-test"], s["t2x_sweep"])]  # fmt: skip
         runner.run("t2x_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, "t2x")), "--trainer.limit_test_batches", "2",
                                     "--trainer.logger.init_args.version", "test", "--trainer.callbacks", json.dumps(judges)),
                    out / "results" / "i2v.json")  # fmt: skip
