@@ -34,7 +34,7 @@ SETTINGS: dict[str, dict] = {
         **_CPU, "train_clips": 300, "test_clips": 50, "max_train_images": 5000,
         "classifier_args": ["--steps", "150", "--batch-size", "64", "--width", "8", "--floor-samples", "1000"],
         "tokenizer_steps": 150, "video_tokenizer_steps": 60, "limit_test_batches": 4,
-        "c2i_steps": 1200, "t2x_steps": 100, "c2i_args": ["--model.init_args.ema_decay", "0.98"], "samples_per_condition": 5, "reference_limit": 1000, "i2v_clips": 10,
+        "c2i_steps": 1200, "t2x_steps": 400, "c2i_args": ["--model.init_args.ema_decay", "0.98"], "samples_per_condition": 5, "reference_limit": 1000, "i2v_clips": 10,
         "t2v_per_condition": 1, "t2x_sweep": [{"steps": 16}],
         "compare_steps": [8], "cfg_scales": [2.0], "temperatures": [1.0],
     },  # fmt: skip
