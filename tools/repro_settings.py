@@ -24,17 +24,16 @@ SETTINGS: dict[str, dict] = {
         "train_clips": 30000, "test_clips": 2000,
         "classifier_args": ["--steps", "3000", "--batch-size", "256", "--width", "32"],
         "tokenizer_steps": 5000, "video_tokenizer_steps": 5000, "limit_test_batches": 1000,
-        "tokenizer_args": ["--data.batch_size", "128", "--model.init_args.tokenizer.init_args.dim", "32",
-                           "--model.init_args.tokenizer.init_args.dec_dim", "64"],
-        "c2i_steps": 20000, "c2i_args": ["--model.init_args.size", "B", "--data.batch_size", "256"],
-        "t2x_steps": 20000, "t2x_args": ["--model.init_args.size", "GRN0b"],
+        "tokenizer_args": ["--data.batch_size", "128"],  # same architecture: the C2I/T2X configs name the tokenizer
+        "c2i_steps": 20000, "c2i_args": ["--model.init_args.transformer.init_args.size", "B", "--data.batch_size", "256"],
+        "t2x_steps": 20000, "t2x_args": ["--model.init_args.transformer.init_args.size", "GRN0b"],
         "samples_per_condition": 100, "judge_batch": 250, "i2v_clips": 500,
     },  # fmt: skip
     "ci": {
         **_CPU, "train_clips": 300, "test_clips": 50, "max_train_images": 5000,
         "classifier_args": ["--steps", "150", "--batch-size", "64", "--width", "8", "--floor-samples", "1000"],
         "tokenizer_steps": 150, "video_tokenizer_steps": 60, "limit_test_batches": 4,
-        "c2i_steps": 1200, "t2x_steps": 400, "c2i_args": ["--model.init_args.ema_decay", "0.98"], "samples_per_condition": 5, "reference_limit": 1000, "i2v_clips": 10,
+        "c2i_steps": 1200, "t2x_steps": 400, "c2i_args": ["--model.init_args.ema.decay", "0.98"], "samples_per_condition": 5, "reference_limit": 1000, "i2v_clips": 10,
         "t2v_per_condition": 1, "t2x_sweep": [{"steps": 16}],
         "compare_steps": [8], "cfg_scales": [2.0], "temperatures": [1.0],
     },  # fmt: skip
