@@ -234,3 +234,16 @@ def test_static_shapes_sync_with_the_host_only_at_checkpoints():
     assert out.host_checks < out.forward_calls / 2 and syncs <= out.host_checks + 4, (syncs, out.host_checks)
     dyn_syncs, dyn = counts[False]
     assert dyn_syncs >= dyn.forward_calls
+
+
+def test_sampling_override_dicts_take_presets_and_the_new_knobs():
+    from grn_lightning.generator.sampling.options import build_sampler, sampler_options, with_overrides
+
+    sampler = build_sampler({"adaptive": {"preset": "release", "t_min": 10}, "static_shapes": True})
+    assert (sampler.adaptive.k, sampler.adaptive.b, sampler.adaptive.cool_temperature) == (700.0, -620.0, True)
+    assert sampler.adaptive.t_min == 10 and sampler.static_shapes and sampler.shrink_tail
+    assert sampler_options(sampler)["static_shapes"] is True
+    # a refinement sampler's options (with its batching knobs) switched to the mask-decoding baseline
+    masked = with_overrides(RefinementSampler(static_shapes=True, cfg_scale=1.0), {"decoding": "mask", "steps": 3})
+    out = masked.sample(RatioStandIn(), torch.tensor([0, 1]), [1, 2])
+    assert out.labels.shape == (2, 4, 2)

@@ -41,7 +41,8 @@ def build_sampler(options: Mapping):
 
         if kwargs.pop("adaptive", None) is not None:
             raise ValueError("sampling decoding='mask' uses fixed steps: set adaptive to null")
-        kwargs.pop("max_batch", None), kwargs.pop("entropy_step", None)  # batching knobs; results do not depend on them
+        for knob in ("max_batch", "entropy_step", "static_shapes", "shrink_tail"):  # refinement batching knobs: results
+            kwargs.pop(knob, None)  # do not depend on them, and a refinement sampler's options carry them
         try:
             return MaskDecodingSampler(**kwargs)
         except TypeError as err:
