@@ -302,3 +302,39 @@ def test_tokenizer_clip_reconstructions_reach_tensorboard_as_videos(tmp_path, de
     assert videos and (videos[0].width, videos[0].height) == (2 * 64 + 2, 2 * 64 + 2)  # 2 clips x (input | recon)
     gif = Image.open(__import__("io").BytesIO(videos[0].encoded_image_string))
     assert gif.n_frames == 5
+
+
+def _training_configs() -> list[Path]:
+    import yaml
+
+    found = []
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        config = yaml.safe_load(path.read_text()) or {}
+        if "class_path" in (config.get("model") or {}) and "max_steps" in (config.get("trainer") or {}):
+            found.append(path)
+    return found
+
+
+@pytest.mark.parametrize("path", _training_configs(), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_training_config_checkpoints_every_n_steps(path):
+    """Not only at validation: a preempted or crashed job loses at most N steps (full and smoke configs)."""
+    import yaml
+
+    callbacks = yaml.safe_load(path.read_text())["trainer"].get("callbacks") or []
+    periodic = [c.get("init_args") or {} for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert any(a.get("every_n_train_steps", 0) >= 1 and a.get("save_last") for a in periodic), periodic
+
+
+@pytest.mark.parametrize("files", [["t2i.yaml", "t2v.yaml"], ["smoke/t2i.yaml", "smoke/t2v.yaml"]], ids=["full", "smoke"])
+def test_composed_configs_keep_every_stage_sample_logger(files, capsys):
+    """t2v.yaml over t2i.yaml appends its clip sample logger (`callbacks+:`) instead of replacing the T2I prompts'."""
+    import yaml
+
+    from grn_lightning.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", *(arg for f in files for arg in ("--config", str(CONFIGS / f))), "--print_config"])
+    callbacks = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+    loggers = [c["init_args"] for c in callbacks if c["class_path"].endswith("T2XSampleLogger")]
+    assert sorted((a["frames"] > 1, a["name"]) for a in loggers) == [(False, "t2x"), (True, "t2v")], loggers
+    assert sum(c["class_path"].endswith("ModelCheckpoint") for c in callbacks) == 1
