@@ -338,3 +338,18 @@ def test_composed_configs_keep_every_stage_sample_logger(files, capsys):
     loggers = [c["init_args"] for c in callbacks if c["class_path"].endswith("T2XSampleLogger")]
     assert sorted((a["frames"] > 1, a["name"]) for a in loggers) == [(False, "t2x"), (True, "t2v")], loggers
     assert sum(c["class_path"].endswith("ModelCheckpoint") for c in callbacks) == 1
+
+
+def test_only_settings_given_on_the_command_line_count_as_given():
+    """A checkpoint setting that differs from a config FILE value is adopted (printed); only one that differs from a
+    value typed on the command line is an error. The match is per setting, with or without `init_args` levels."""
+    from grn_lightning.training.ckpt_settings import _given, command_line_model_keys
+
+    given = command_line_model_keys(["--config", "c.yaml", "--model.init_args.transformer.init_args.size", "B",
+                                     "--model.optimization.lr=3e-4", "--data.batch_size", "8"])  # fmt: skip
+    assert given == {("transformer", "init_args", "size"), ("optimization", "lr")}
+    assert _given(("transformer", "init_args", "size"), given)
+    assert not _given(("transformer", "init_args", "depth"), given)  # from the config file
+    assert _given(("optimization", "lr"), given) and not _given(("optimization", "betas"), given)
+    assert _given(("transformer", "init_args", "size"), command_line_model_keys(["--model.transformer.size", "B"]))
+    assert _given(("transformer", "init_args", "size"), command_line_model_keys(["--model.transformer", "{...}"]))

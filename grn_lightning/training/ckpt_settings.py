@@ -87,9 +87,9 @@ def differing_settings(saved: dict, configured: dict, path: tuple[str, ...] = ()
     return found
 
 
-def command_line_model_keys(args: list[str]) -> set[str]:
-    """Top-level model options given on the command line: `--model.init_args.size B`, `--model.size=B` and
-    `--model.init_args.sampling.steps 8` give {"size", "sampling"}."""
+def command_line_model_keys(args: list[str]) -> set[tuple[str, ...]]:
+    """Model options given on the command line, as key paths below init_args: `--model.init_args.transformer.init_args.
+    size B` and `--model.transformer.size=B` give ("transformer", "init_args", "size") / ("transformer", "size")."""
     keys = set()
     for arg in args:
         if not arg.startswith("--model."):
@@ -98,8 +98,19 @@ def command_line_model_keys(args: list[str]) -> set[str]:
         if parts and parts[0] == "init_args":
             parts = parts[1:]
         if parts:
-            keys.add(parts[0])
+            keys.add(tuple(parts))
     return keys
+
+
+def _given(key: tuple[str, ...], given: set[tuple[str, ...]]) -> bool:
+    """Whether the setting at `key` was given on the command line (the option itself, one above or one below it;
+    `init_args` levels are optional on the command line)."""
+    plain = tuple(part for part in key if part != "init_args")
+    for option in given:
+        option = tuple(part for part in option if part != "init_args")
+        if plain[: len(option)] == option or option[: len(plain)] == plain:
+            return True
+    return False
 
 
 def _listing(differences: list) -> str:
@@ -108,7 +119,7 @@ def _listing(differences: list) -> str:
 
 
 def check_checkpoint_settings(
-    path: Path, model_config: dict, given: set[str], mode: CkptSettings = "checkpoint", can_adopt: bool = True
+    path: Path, model_config: dict, given: set[tuple[str, ...]], mode: CkptSettings = "checkpoint", can_adopt: bool = True
 ) -> dict[str, Any]:
     """Refuse a checkpoint of another module class, and one whose saved settings differ from a value given on the
     command line (`given`). Returns the saved settings the configuration should adopt ({} if none).
@@ -132,7 +143,7 @@ def check_checkpoint_settings(
         rank_zero_warn(f"--ckpt_path {path}: this configuration's values are used where they differ from the "
                        f"checkpoint's saved settings (--ckpt_settings config):\n  {_listing(differences)}")  # fmt: skip
         return {}
-    on_command_line = [d for d in differences if d[0][0] in given]
+    on_command_line = [d for d in differences if _given(d[0], given)]
     if on_command_line:
         raise GRNUserError(
             f"--ckpt_path {path} was saved with other model settings than the command line gives:\n  "
