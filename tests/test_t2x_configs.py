@@ -67,8 +67,8 @@ def test_t2v_config_composes_over_t2i(capsys):
     assert data["max_video_seconds"] == 13.0 and (data["num_frames"] - 1) % 4 == 0  # SPEC §8: 1 + 4k, 13 s cap
     assert model["task"] == "auto" and 0 < model["i2v_probability"] < 1
     assert model["transformer"]["init_args"]["size"] == "GRN2b"
-    logger = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("T2XSampleLogger"))
-    assert logger["init_args"]["frames"] == 17
+    loggers = [c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("T2XSampleLogger")]
+    assert [(a["name"], a["frames"]) for a in loggers] == [("t2x", 1), ("t2v", 17)]  # t2v.yaml appends (callbacks+:)
 
 
 @pytest.mark.parametrize("size", sorted(RELEASED))

@@ -77,6 +77,12 @@ class T2XSampleLogger(L.Callback):
                 log_video(experiment, f"samples/{self.name}_video", frames.permute(0, 2, 1, 3, 4), trainer.global_step,
                           self.fps)  # fmt: skip
 
+    @property
+    def state_key(self) -> str:
+        # One checkpoint state per logger of a composed run (t2i.yaml's and t2v.yaml's); the default name keeps the
+        # plain class key, so single-logger checkpoints written before `name` existed still restore.
+        return super().state_key if self.name == "t2x" else self._generate_state_key(name=self.name)
+
     def state_dict(self) -> dict:
         return {"runs": self.runs}
 
