@@ -123,14 +123,21 @@ def write_report(out: Path, s: dict) -> Path:
               f"| I2V | keeps the first frame's class | {_fmt(first[2].get('keeps_first_frame_class'))}{_mark(first[2].get('keeps_first_frame_class'), TARGETS['i2v'])} | ≥ 0.90 |",
               f"| I2V | direction accuracy | {_fmt(first[2].get('direction_accuracy'))} | |", ""]  # fmt: skip
     if ind:
-        rows = ind["results"]
-        entries = sweep_entries(s)
+        rows = list(ind["results"])
+        entries = list(sweep_entries(s))
+        extra = _json(out / "results" / "c2i_ind_curves.json")  # an optional second sweep (more CFG / τ points)
+        for row in (extra or {"results": []})["results"]:
+            table, key = ("cfg", "cfg_scale") if "cfg_scale" in row["sampling"] else ("tau", "temperature")
+            entries.append((table, f"{row['sampling'][key]}", row["sampling"]))
+            rows.append(row)
         titles = {"decoding": "Refinement vs mask-based decoding at equal steps (paper Tab. 7)",
                   "selection": "Random vs confidence-based selection (paper Tab. 10)",
                   "adaptive": "Entropy-guided adaptive steps vs fixed 50 (paper Tab. 11)",
                   "cfg": "CFG scale sweep", "tau": "Temperature τ sweep"}  # fmt: skip
         for table, title in titles.items():
             picked = [(label, row) for (t, label, _), row in zip(entries, rows) if t == table]
+            if table in ("cfg", "tau"):
+                picked.sort(key=lambda item: float(item[0]))
             lines += [f"### {title}", "", "| setting | class accuracy | Fréchet distance | mean steps | forward rows | seconds |",
                       "|---|---|---|---|---|---|"]  # fmt: skip
             lines += [f"| {label} | {_fmt(r.get('class_accuracy'))} | {_fmt(r.get('frechet_distance'), 2)} | {_fmt(r.get('mean_steps'), 1)} | "
