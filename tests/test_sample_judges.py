@@ -99,3 +99,20 @@ def test_classifier_round_trip_and_shrink_and_shift(tmp_path):
     shifted = shrink_and_shift(torch.ones(3, 3, 32, 32), item=20, canvas_item=28)
     # every image keeps exactly a 20×20 white item on black (bicubic of a constant image is the constant)
     assert [(img[0] > 0).sum().item() for img in shifted] == [400, 400, 400]
+
+
+def test_classifier_sample_metrics_options_fail_at_construction():
+    from grn_lightning.eval.classifier_metrics import ClassifierSampleMetrics
+
+    with pytest.raises(ValueError, match="task"):
+        ClassifierSampleMetrics("c.pt", task="t2a")
+    with pytest.raises(ValueError, match="first frames"):
+        ClassifierSampleMetrics("c.pt", task="i2v")
+    with pytest.raises(ValueError, match="reconstruction_ceiling"):
+        ClassifierSampleMetrics("c.pt", task="t2i", reference_shards="x.tar", reconstruction_ceiling=True)
+    judge = ClassifierSampleMetrics("c.pt", task="t2v", samples_per_condition=2)
+    requests = judge.requests()
+    # 10 classes x 5 directions x 2 samples, each caption naming its class and direction
+    assert len(requests) == 100
+    assert requests[0] == {"cls": 0, "caption": "a t-shirt moving left", "direction": "left"}
+    assert requests[-1]["caption"] == "an ankle boot standing still"

@@ -25,7 +25,8 @@ SETTINGS: dict[str, dict] = {
         "classifier_args": ["--steps", "3000", "--batch-size", "256", "--width", "32"],
         "tokenizer_steps": 5000, "video_tokenizer_steps": 5000, "limit_test_batches": 1000,
         "tokenizer_args": ["--data.batch_size", "128"],  # same architecture: the C2I/T2X configs name the tokenizer
-        "c2i_steps": 20000, "c2i_args": ["--model.init_args.transformer.init_args.size", "B", "--data.batch_size", "256"],
+        "c2i_steps": 20000, "c2i_args": ["--model.init_args.transformer.init_args.size", "B",
+                                         "--model.init_args.optimization.global_batch_size", "256"],
         "t2x_steps": 20000, "t2x_args": ["--model.init_args.transformer.init_args.size", "GRN0b"],
         "samples_per_condition": 100, "judge_batch": 250, "i2v_clips": 500,
     },  # fmt: skip

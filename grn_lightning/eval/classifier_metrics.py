@@ -46,6 +46,9 @@ class ClassifierSampleMetrics(pl.Callback):
         output_json: write {"task", "stage", "step", "results": [...]} here (None: loggers only).
         grid_dir: also save the first entry's sample grid as PNG into this folder.
         every_n_val_runs: evaluate on validation runs N, 2N, ... (sanity checks excluded); 0: test only.
+        reconstruction_ceiling: c2i with reference_shards: also judge the module's tokenizer reconstructions of the
+            real reference images ("reconstruction_class_accuracy", "reconstruction_frechet_distance"): the best a
+            generator decoded by this tokenizer can score with this judge.
         seed: base seed (batch j uses seed + j).
         log_prefix: metric name prefix.
     """
@@ -66,6 +69,7 @@ class ClassifierSampleMetrics(pl.Callback):
         every_n_val_runs: int = 1,
         seed: int = 0,
         log_prefix: str = "judge",
+        reconstruction_ceiling: bool = False,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task={task!r} is not one of {TASKS}")
@@ -77,6 +81,9 @@ class ClassifierSampleMetrics(pl.Callback):
         self.reference_shards, self.reference_limit, self.resolution, self.frames = reference_shards, reference_limit, resolution, frames
         self.sweep = [dict(entry) for entry in (sweep or [{}])]
         self.output_json, self.grid_dir, self.every, self.seed, self.prefix = output_json, grid_dir, every_n_val_runs, seed, log_prefix
+        self.reconstruction_ceiling = reconstruction_ceiling
+        if reconstruction_ceiling and (task != "c2i" or reference_shards is None):
+            raise ValueError("reconstruction_ceiling needs task='c2i' and reference_shards (real test images)")
         self._judge: SampleJudge | None = None
         self.runs = 0
 
@@ -153,6 +160,8 @@ class ClassifierSampleMetrics(pl.Callback):
             results.append({"sampling": overrides, **scores, "seconds": round(time.time() - started, 2)})
             if position == 0:
                 self._log_grid(trainer, stage, torch.cat(kept), requests)
+        if self.reconstruction_ceiling:
+            results[0].update(self._reconstructions(pl_module, judge))
         pl_module.train(was_training)
         for key, value in results[0].items():
             if isinstance(value, (int, float)) and key != "seconds":
@@ -162,6 +171,19 @@ class ClassifierSampleMetrics(pl.Callback):
             with open(self.output_json, "w") as handle:
                 json.dump({"task": self.task, "stage": stage, "step": trainer.global_step, "results": results}, handle, indent=1)
         return results
+
+    @torch.no_grad()
+    def _reconstructions(self, pl_module, judge: SampleJudge) -> dict:
+        """Judge tokenizer reconstructions of the real reference images (encode → labels → decode, as samples are)."""
+        judge.reset()
+        for batch in iterate_real(self.reference_shards, "image", self.resolution, batch_size=self.batch_size,
+                                  limit=self.reference_limit):  # fmt: skip
+            labels = pl_module.model_labels(pl_module.index_labels({"pixels": batch["pixels"].to(pl_module.device)}))
+            judge.update_images(pl_module.decode(labels), batch["cls"])
+        scores = judge.compute()
+        judge.reset()
+        return {"reconstruction_class_accuracy": scores["class_accuracy"],
+                "reconstruction_frechet_distance": scores.get("frechet_distance"), "reconstruction_count": scores["num_images"]}
 
     def _log_grid(self, trainer: pl.Trainer, stage: str, media: torch.Tensor, requests: list[dict]) -> None:
         """Images: one row per class. Clips: one row per clip (first 10 clips), one column per frame."""
