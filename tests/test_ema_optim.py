@@ -39,6 +39,31 @@ def test_ema_update_is_exact_lerp_and_two_tracks_differ():
     torch.testing.assert_close(ema.shadows[0]["0.weight"], net[0].weight.detach())
 
 
+def test_module_tracks_and_fp32_shadows_are_the_same_average():
+    """The generators' tracks (frozen copies given to `update(tracks=...)`) and the tokenizer's shadows run the same
+    update: started from the same weights, both give w_ema = d·w_ema + (1 − d)·w after every step, by hand."""
+    from grn_lightning.training.ema import frozen_copy
+
+    net = _net()
+    tracks = [frozen_copy(net), frozen_copy(net)]  # the generators' tracks start from the initial weights
+    module_ema, shadow_ema = EMA((0.9, 0.5)), EMA((0.9, 0.5))
+    shadow_ema.update(net)  # the shadows start from the weights at their first update: here the same weights
+    w = net[0].weight.detach().clone()
+    expected = [w.clone(), w.clone()]
+    for step in range(3):
+        with torch.no_grad():
+            net[0].weight.add_(1.0 + step)
+        module_ema.update(net, tracks=tracks)
+        shadow_ema.update(net)
+        for i, d in enumerate((0.9, 0.5)):
+            expected[i] = d * expected[i] + (1 - d) * net[0].weight.detach()
+            torch.testing.assert_close(tracks[i][0].weight, expected[i], rtol=0, atol=1e-6)
+            torch.testing.assert_close(shadow_ema.shadows[i]["0.weight"], expected[i], rtol=0, atol=1e-6)
+    assert not any(p.requires_grad for t in tracks for p in t.parameters()) and not tracks[0].training
+    with pytest.raises(ValueError, match="tracks"):
+        module_ema.update(net, tracks=tracks[:1])
+
+
 def test_ema_shadow_is_fp32_for_bf16_model_and_keeps_small_increments():
     net = _net(torch.bfloat16)
     ema = EMA((0.9999,))

@@ -1,15 +1,15 @@
 """`GeneratorModule`: what every GRN generator LightningModule shares (C2I in c2i/module.py, T2I/T2V/I2V in
 t2x/module.py).
 
-- EMA tracks: frozen copies of the transformer registered as submodules (`ema`, optional `ema2`). They are sharded
-  exactly like the trained model under FSDP2 (so the update is a local foreach lerp on matching shards), saved in
-  full or sharded checkpoints by the strategy without extra code, and called directly for sampling.
+- EMA tracks: frozen copies of the transformer registered as submodules (`ema`, optional `ema2`), averaged by the
+  one EMA of every stage (training/ema.py). They are sharded exactly like the trained model under FSDP2 (so the
+  update is a local foreach lerp on matching shards), saved in full or sharded checkpoints by the strategy without
+  extra code, and called directly for sampling.
 - Scale: `configure_model` applies activation checkpointing → compile → FSDP2 to the model and its EMA tracks in
   one place (parallelize.py); FSDP1 (`FSDPStrategy`) gets its norm clipping through the root wrapper.
 - Optimiser: AdamW over decay/no-decay groups, fused on plain CUDA tensors, linear warm-up then constant LR.
 - The frozen HBQ tokenizer is NOT a submodule (frozen; outside optimisers, checkpoints and FSDP units; see
   frozen_tokenizer.py): subclasses keep it in `__dict__` and reach it through `_require_tokenizer`.
-
 - Parts and settings: subclasses receive the transformer, the tokenizer and the sampler as objects and the rest as
   the grouped dataclasses of options.py, and hand them to `_init_generator`. The tokenizer is the one source of C
   and M (a transformer built for others is refused at construction); `setup` connects the data module (global
@@ -19,7 +19,6 @@ t2x/module.py).
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import lightning as L
 import torch
@@ -41,6 +40,7 @@ from grn_lightning.generator.refinement import RatioDistribution
 from grn_lightning.generator.sampling.lockstep import distributed_lockstep
 from grn_lightning.generator.sampling.sampler import RefinementSampler
 from grn_lightning.generator.token_layout import TokenLayout
+from grn_lightning.training.ema import EMA, frozen_copy
 from grn_lightning.training.optim import decay_param_groups, warmup_constant_scheduler
 
 
@@ -63,8 +63,9 @@ class GeneratorModule(L.LightningModule):
         self.ema_options, self.parallelism = ema, parallelism
         self.ratio = RatioDistribution(corruption.ratio_distribution, corruption.ratio_mu, corruption.ratio_sigma)
         self.layout = TokenLayout(transformer.variant, transformer.channels, transformer.rounds)
-        self.ema = self._frozen_copy(self.model)
-        self.ema2 = self._frozen_copy(self.model) if ema.decay_2 is not None else None
+        self.ema = frozen_copy(self.model)
+        self.ema2 = frozen_copy(self.model) if ema.decay_2 is not None else None
+        self._averager = EMA(ema.decays)  # the one EMA (training/ema.py); the shadows are the tracks above
         # Held in __dict__, not _modules: no state_dict entries, no .to()/FSDP/optimiser involvement.
         frozen = None if tokenizer is None else load_frozen_tokenizer(tokenizer, tokenizer_ckpt)
         object.__setattr__(self, "tokenizer", frozen)
@@ -102,25 +103,15 @@ class GeneratorModule(L.LightningModule):
 
     # -- EMA ------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _frozen_copy(model: nn.Module) -> nn.Module:
-        ema = copy.deepcopy(model)
-        for p in ema.parameters():
-            p.requires_grad_(False)
-        return ema.eval()
-
     def _ema_tracks(self) -> list[tuple[nn.Module, float]]:
         return list(zip([self.ema, self.ema2][: len(self.ema_options.decays)], self.ema_options.decays))
 
     def _sampling_model(self) -> nn.Module:
         return {"ema": self.ema, "ema2": self.ema2, "raw": self.model}[self.ema_options.sample_weights]
 
-    @torch.no_grad()
     def update_ema(self) -> None:
         """ema ← decay·ema + (1 − decay)·model on each rank's local shards (sharded alike, see module doc)."""
-        params = [_local(p) for p in self.model.parameters()]
-        for ema, decay in self._ema_tracks():
-            torch._foreach_lerp_([_local(p) for p in ema.parameters()], params, 1.0 - decay)
+        self._averager.update(self.model, tracks=[track for track, _ in self._ema_tracks()])
 
     # -- scale: AC → compile → FSDP2 (parallelize.py) ------------------------------------------------------
     def configure_model(self) -> None:
@@ -211,9 +202,3 @@ class GeneratorModule(L.LightningModule):
 def _world_size() -> int:
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """Rank-local shard of an FSDP2 DTensor parameter (in-place ops on it update the parameter)."""
-    t = t.data if isinstance(t, nn.Parameter) else t
-    return t.to_local() if hasattr(t, "to_local") else t

@@ -1,22 +1,33 @@
-"""Exponential moving average of a module's parameters (SPEC §2 tokenizer EMA 0.9999; §3 C2I 0.9999 + 0.9996).
+"""The one exponential moving average of every stage (SPEC §2 tokenizer EMA 0.9999; §3 C2I 0.9999 + 0.9996, T2X).
 
-The shadow weights are kept in fp32 whatever the parameter dtype (bf16 weights would round small EMA increments
-to zero at decay 0.9999). The class is a plain object, not an ``nn.Module``: the owning LightningModule stores
-``state_dict()`` in its checkpoint, so the shadows are saved without being seen by optimisers, ``.to()`` casts or
-FSDP wrapping. The update works on the tensors ``named_parameters()`` yields, through ``torch._foreach`` ops, so
-applied to each parameter's rank-local tensor, so the same code serves plain tensors and FSDP2-sharded
-``DTensor`` parameters (each rank then keeps the EMA of its own shard only).
+`EMA.update` is the single averaging step: shadow ← decay·shadow + (1 − decay)·param, one `torch._foreach_lerp_`
+per track over the rank-local tensors, so the same code serves plain tensors and FSDP2-sharded `DTensor`
+parameters (each rank averages its own shard). The shadows live in one of two places:
+
+- tokenizer (`TokenizerModule`): fp32 tensors held by this plain object (bf16 weights would round small EMA
+  increments to zero at decay 0.9999), created from the weights at the first update, saved by the owner under
+  `checkpoint["ema"]`, swapped into the model for evaluation (`swap`);
+- generators (`GeneratorModule`): frozen copies of the transformer (`frozen_copy`) registered as submodules, given
+  to `update(model, tracks=...)`. They start from the initial weights, are sharded exactly like the model (so the
+  update stays a local elementwise op on matching shards), saved by the strategy in full or sharded checkpoints
+  (`ema.*` keys), and called directly for sampling.
+
+Why not `torch.optim.swa_utils.AveragedModel` (+ `get_ema_multi_avg_fn`): it copies the weights at its first update
+(the generators start from the initial weights), keeps the copy in the model's dtype (the tokenizer's fp32 shadows
+for bf16 weights), and nests the copy as `.module` (every `ema.*` checkpoint key would change). Lightning has no EMA
+callback that shards with FSDP2. Keeping the one class here preserves both stages' numbers exactly.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-__all__ = ["EMA"]
+__all__ = ["EMA", "frozen_copy"]
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:
@@ -40,6 +51,14 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     EMA is elementwise, so working on the local shards is exact and avoids dispatch overhead."""
     t = t.data if isinstance(t, nn.Parameter) else t
     return t.to_local() if _is_dtensor(t) else t
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """An EMA track of `model` held as a module: a deep copy in eval mode without gradients."""
+    track = copy.deepcopy(model)
+    for p in track.parameters():
+        p.requires_grad_(False)
+    return track.eval()
 
 
 class EMA:
@@ -91,21 +110,37 @@ class EMA:
 
     # -- public API ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def update(self, model: nn.Module, decay: float | Sequence[float] | None = None) -> None:
-        """shadow ← decay·shadow + (1 − decay)·param for every track (``decay`` overrides the configured ones)."""
-        named = self._ensure(model)
-        if decay is None:
-            decays = self.decays
-        elif isinstance(decay, (int, float)):
-            decays = (float(decay),) * len(self.decays)
+    def update(
+        self, model: nn.Module, decay: float | Sequence[float] | None = None, tracks: Sequence[nn.Module] | None = None
+    ) -> None:
+        """shadow ← decay·shadow + (1 − decay)·param for every track (``decay`` overrides the configured ones).
+
+        tracks: frozen copies of ``model`` (``frozen_copy``; one per decay) that hold the shadows instead of this
+            object; their parameters are paired with the model's by position (both are wrapped and sharded alike,
+            so FSDP1 flat parameters and FSDP2 shards pair up) and are looked up at every call, since sharding
+            replaces the parameter objects."""
+        if tracks is not None:
+            if len(tracks) != len(self.decays):
+                raise ValueError(f"EMA.update got {len(tracks)} tracks for {len(self.decays)} decays")
+            params = [_local(p) for p in model.parameters()]
+            shadows = [[_local(p) for p in track.parameters()] for track in tracks]
         else:
-            decays = tuple(float(d) for d in decay)
-            if len(decays) != len(self.decays):
-                raise ValueError(f"EMA.update got {len(decays)} decays for {len(self.decays)} tracks")
-        params = [_local(p.detach()).float() for _, p in named]  # no copy when the parameter is already fp32
-        for shadow, d in zip(self.shadows, decays):
-            torch._foreach_lerp_([_local(shadow[n]) for n, _ in named], params, 1.0 - d)
+            named = self._ensure(model)
+            params = [_local(p.detach()).float() for _, p in named]  # no copy when the parameter is already fp32
+            shadows = [[_local(shadow[n]) for n, _ in named] for shadow in self.shadows]
+        for shadow, d in zip(shadows, self._decays(decay)):
+            torch._foreach_lerp_(shadow, params, 1.0 - d)
         self.num_updates += 1
+
+    def _decays(self, decay: float | Sequence[float] | None) -> tuple[float, ...]:
+        if decay is None:
+            return self.decays
+        if isinstance(decay, (int, float)):
+            return (float(decay),) * len(self.decays)
+        decays = tuple(float(d) for d in decay)
+        if len(decays) != len(self.decays):
+            raise ValueError(f"EMA.update got {len(decays)} decays for {len(self.decays)} tracks")
+        return decays
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module, track: int = 0) -> None:
