@@ -288,12 +288,15 @@ def test_plain_ddp_is_refused_with_the_fix_named():
 @pytest.mark.timeout(400)
 def test_tiny_tokenizer_beats_untrained_psnr_on_held_out_photos(demo_data, tmp_path):
     cmd = [
-        sys.executable, str(ROOT / "benchmarks/tokenizer_cpu_psnr.py"), "--steps", "120", "--lr", "2e-3",
+        sys.executable, str(ROOT / "benchmarks/tokenizer_cpu_psnr.py"), "--steps", "200", "--lr", "1e-3",
         "--train-shards", demo_data["images-train"], "--test-shards", demo_data["images-test"],
         "--root", str(tmp_path),
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, timeout=380).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    # 120 steps (~10 s): +3.0 dB measured (9.57 -> 12.57 dB); 300 steps: +4.0 dB, 2000: +8.0 dB (BENCHMARKS.md)
+    # 200 steps at lr 1e-3 (~21 s): +5.2 dB measured for seed 0 (9.57 -> 14.77 dB); seeds 1 and 2 gave +4.6 and +2.1.
+    # lr 2e-3 is too close to unstable for a one-seed check: after the data stream became a deterministic function
+    # of (seed, reader, epoch, position) (exact resume, 7b867eb) seed 0 gained only +0.9 dB in 120 steps, seeds 1/2
+    # +4.0/+2.7. The stream holds the same 192 photos, each seen 5 times in 120 steps, before and after that change.
     assert result["psnr_trained"] > result["psnr_untrained"] + 2.0, result
     assert result["ssim_trained"] > result["ssim_untrained"], result
