@@ -8,8 +8,8 @@ ADAPTIVE_PAPER = {"t0": 5, "k": 600.0, "b": -547.2, "t_min": 20, "t_max": 50}
 _CPU = {
     "device": "CPU (2 shared cores)", "device_name": "cpu", "trainer": [],
     "train_clips": 6000, "test_clips": 1000, "max_train_images": None,
-    "classifier_args": ["--steps", "600", "--batch-size", "64", "--width", "16"],
-    "tokenizer_steps": 600, "video_tokenizer_steps": 600, "tokenizer_args": [], "limit_test_batches": 40,
+    "classifier_args": ["--steps", "1000", "--batch-size", "64", "--width", "16"],
+    "tokenizer_steps": 2000, "video_tokenizer_steps": 600, "tokenizer_args": [], "limit_test_batches": 40,
     "c2i_steps": 2000, "c2i_args": [], "t2x_steps": 2000, "t2x_args": [],
     "samples_per_condition": 10, "judge_batch": 50, "reference_limit": 10000, "i2v_clips": 50,
     "t2v_per_condition": 2, "t2x_sweep": None,

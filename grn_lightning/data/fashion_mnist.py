@@ -227,6 +227,8 @@ def build_fashion_mnist(
     classes = {name: cls for cls, name in enumerate(CLASS_NAMES)}
     patterns = {}
     for name, split_items in items.items():
+        if not split_items:  # --train-clips 0 / --test-clips 0: images only (C2I needs no clips, nor PyAV)
+            continue
         summary = write_shards(split_items, str(shards), name, per_shard[name], classes=classes, progress=progress,
                                workers=min(4, os.cpu_count() or 1))  # fmt: skip
         if summary["bad_files"]:

@@ -31,7 +31,7 @@ from typing import Literal
 from torch import nn
 
 from grn_lightning.generator import parallelize
-from grn_lightning.training.optim import scaled_lr
+from grn_lightning.training.optim import LR_DECAYS, scaled_lr
 
 SAMPLE_WEIGHTS = ("ema", "ema2", "raw")
 
@@ -79,6 +79,8 @@ class Optimization:
         warmup_steps: linear warm-up length in optimiser steps (added to `warmup_epochs`).
         warmup_epochs: linear warm-up length in epochs of `epoch_size` samples (C2I: 5 in the paper).
         epoch_size: samples per epoch for `warmup_epochs` (1,281,167 for ImageNet train).
+        lr_decay: "none" (the paper: constant after the warm-up) or "cosine" (annealed to zero at trainer.max_steps;
+            for short runs such as the Fashion-MNIST reproduction).
     """
 
     lr: float | None = None
@@ -89,9 +91,11 @@ class Optimization:
     warmup_steps: int = 0
     warmup_epochs: float = 0.0
     epoch_size: int | None = None
+    lr_decay: Literal["none", "cosine"] = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        _fail_unless(self.lr_decay in LR_DECAYS, f"model.optimization.lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}")
         _fail_unless(self.lr is None or self.lr > 0, f"model.optimization.lr must be > 0 or null, got {self.lr}")
         _fail_unless(self.warmup_steps >= 0 and self.warmup_epochs >= 0,
                      "model.optimization.warmup_steps and warmup_epochs must be >= 0")  # fmt: skip

@@ -26,7 +26,7 @@ __all__ = [
 
 # (λ_rec, λ_lpips, λ_gan), SPEC §2
 LOSS_PRESETS: dict[str, tuple[float, float, float]] = {"image": (1.0, 1.0, 0.3), "joint": (1.0, 0.2, 0.005)}
-REC_LOSSES = ("l1", "l2")
+REC_LOSSES = ("l1", "l2", "l1+l2")
 GAN_LOSSES = ("hinge", "non_saturating")
 
 
@@ -39,11 +39,14 @@ def frames_as_images(x: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor, kind: str = "l1") -> torch.Tensor:
-    """Mean absolute (``l1``, the release) or squared (``l2``) error over every element."""
+    """Mean absolute (``l1``, the release) or squared (``l2``) error over every element, or their sum (``l1+l2``:
+    the L2 term weighs the large errors that PSNR counts most, the L1 term keeps the small ones from flattening)."""
     if kind == "l1":
         return (x_hat - x).abs().mean()
     if kind == "l2":
         return F.mse_loss(x_hat, x)
+    if kind == "l1+l2":
+        return (x_hat - x).abs().mean() + F.mse_loss(x_hat, x)
     raise ValueError(f"reconstruction loss {kind!r} is not supported; allowed values: {REC_LOSSES}")
 
 
@@ -92,7 +95,7 @@ class TokenizerLoss(nn.Module):
         rec_weight: overrides the preset's λ_rec.
         perceptual_weight: overrides the preset's λ_lpips (0 skips LPIPS and never builds the network).
         gan_weight: overrides the preset's λ_gan.
-        rec_loss: "l1" (release) or "l2".
+        rec_loss: "l1" (release), "l2", or "l1+l2" (their sum).
         gan_loss: "hinge" (release) or "non_saturating".
         gan_start_step: generator step from which the adversarial terms (both networks) are switched on;
             0 = from the start, as in the release.
@@ -108,7 +111,7 @@ class TokenizerLoss(nn.Module):
         rec_weight: float | None = None,
         perceptual_weight: float | None = None,
         gan_weight: float | None = None,
-        rec_loss: Literal["l1", "l2"] = "l1",
+        rec_loss: Literal["l1", "l2", "l1+l2"] = "l1",
         gan_loss: Literal["hinge", "non_saturating"] = "hinge",
         gan_start_step: int = 0,
         adaptive_gan_weight: bool = False,

@@ -1,18 +1,25 @@
-"""Optimiser helpers: AdamW param groups, linear warm-up then constant LR, linear batch-size LR scaling.
+"""Optimiser helpers: AdamW param groups, linear warm-up then constant (or cosine-decayed) LR, linear batch-size
+LR scaling.
 
 SPEC §2 (tokenizer): AdamW betas (0.9, 0.95), weight decay 0.01 on ≥2-D weights only, constant LR.
 SPEC §3 (C2I): lr = 5e-5 · batch / 256, linear warm-up then constant.
+The release trains for hundreds of thousands of steps at a constant LR. Short runs (the Fashion-MNIST reproduction,
+docs/REPRODUCTION.md) end far better with the LR annealed to zero: ``lr_decay="cosine"`` over the run's steps.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["WarmupConstant", "adamw", "decay_param_groups", "scaled_lr", "warmup_constant_scheduler"]
+__all__ = ["LR_DECAYS", "WarmupConstant", "WarmupCosine", "adamw", "decay_param_groups", "scaled_lr", "warmup_constant_scheduler",
+           "warmup_scheduler"]
+
+LR_DECAYS = ("none", "cosine")
 
 
 def decay_param_groups(
@@ -72,6 +79,35 @@ class WarmupConstant:
 def warmup_constant_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int = 0) -> LambdaLR:
     """LambdaLR with ``WarmupConstant``; call ``.step()`` once per optimiser step."""
     return LambdaLR(optimizer, WarmupConstant(warmup_steps))
+
+
+class WarmupCosine(WarmupConstant):
+    """LR multiplier: the same linear warm-up, then a half cosine from 1 down to 0 at step ``total_steps``
+    (0 after it). A class for the same reason as ``WarmupConstant``."""
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        super().__init__(warmup_steps)
+        if total_steps <= warmup_steps:
+            raise ValueError(f"cosine LR decay needs total_steps > warmup_steps, got {total_steps} <= {warmup_steps}")
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return super().__call__(step)
+        done = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, decay: str, total_steps: int) -> LambdaLR:
+    """LambdaLR for ``decay`` in LR_DECAYS: "none" (warm-up, then constant) or "cosine" (warm-up, then cosine to
+    zero at ``total_steps``, the trainer's max_steps). A clear error when cosine has no finite length."""
+    if decay not in LR_DECAYS:
+        raise ValueError(f"lr_decay={decay!r} is not supported; allowed values: {LR_DECAYS}")
+    if decay == "none":
+        return warmup_constant_scheduler(optimizer, warmup_steps)
+    if total_steps is None or total_steps <= 0:
+        raise ValueError(f"lr_decay='cosine' anneals over trainer.max_steps, which is {total_steps}; set --trainer.max_steps")
+    return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps))
 
 
 def scaled_lr(base_lr: float, batch_size: int, reference_batch: int = 256) -> float:

@@ -1,4 +1,5 @@
-"""GRN class-to-image transformer (SPEC §4): GRN-B/L/H/G and a tiny test size, GRN_ind and GRN_bit.
+"""GRN class-to-image transformer (SPEC §4): GRN-B/L/H/G, a tiny test size and a small one for CPU reproductions
+(docs/REPRODUCTION.md), GRN_ind and GRN_bit.
 
     state [B, N, G] (labels of the corrupted token state F)
       └─ one-hot → flatten per token (G·K) → Linear ─────────────────────────┐  N image tokens
@@ -49,6 +50,7 @@ class C2ISize:
 
 GRN_C2I: dict[str, C2ISize] = {
     "tiny": C2ISize(depth=2, width=64, heads=2),
+    "small": C2ISize(depth=4, width=128, heads=4),  # the Fashion-MNIST reproduction on 2 CPU cores
     "B": C2ISize(depth=12, width=768, heads=12),
     "L": C2ISize(depth=24, width=1024, heads=16),
     "H": C2ISize(depth=32, width=1280, heads=16),
@@ -102,7 +104,7 @@ class GRNC2ITransformer(nn.Module):
     """GRN class-to-image generator: `forward(state, class_ids, ratio) -> logits [B, N, G, K]`.
 
     Args:
-        size: key of `GRN_C2I` ("tiny", "B", "L", "H", "G").
+        size: key of `GRN_C2I` ("tiny", "small", "B", "L", "H", "G").
         variant: "ind" (G = C channels × K = 2^M classes) or "bit" (G = M·C bits × K = 2), SPEC §1.
         channels: tokenizer latent channels C (16 for the C2I tokenizer).
         rounds: HBQ rounds M (4).
