@@ -154,9 +154,18 @@ def test_lr_rule_warmup_and_option_errors():
                           (lambda: Optimization(warmup_epochs=1), "epoch_size"),
                           (lambda: Optimization(lr=None), "global_batch_size"),
                           (lambda: Corruption(condition_dropout=1.0), "condition_dropout"),
+                          (lambda: Optimization(lr=1e-3, lr_decay="linear"), "model.optimization.lr_decay"),
                           (lambda: tiny_module(accuracy_bins=0), "accuracy_bins")):  # fmt: skip
         with pytest.raises(ValueError, match=needle):
             build()
+
+
+def test_cosine_lr_decay_reaches_zero_at_max_steps(tmp_path, photo_batch):
+    module = tiny_module(optimization=Optimization(lr=1e-3, warmup_steps=1, lr_decay="cosine"))
+    _, trainer = _fit(module, photo_batch, 3, str(tmp_path))
+    # warm-up step 0 at 1/1, then cos over steps 1..3: 1, 1/2 (after 1 step of 2), 0 at the end
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0)
+    assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0](2) == pytest.approx(0.5)
 
 
 def test_ema_update_and_second_track():

@@ -11,10 +11,12 @@ from torch import nn
 from grn_lightning.training.ema import EMA
 from grn_lightning.training.optim import (
     WarmupConstant,
+    WarmupCosine,
     adamw,
     decay_param_groups,
     scaled_lr,
     warmup_constant_scheduler,
+    warmup_scheduler,
 )
 
 
@@ -207,6 +209,34 @@ def test_warmup_constant_schedule_and_resume():
     opt2.step()
     sched2.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_warmup_cosine_schedule_by_hand():
+    # warm-up 4 steps (1/4 .. 1), then half a cosine over the remaining 100 steps: cos(pi·done) at done 0, 1/3, 1/2,
+    # 2/3, 1 gives multipliers 1, 3/4, 1/2, 1/4, 0; after the end it stays 0.
+    f = WarmupCosine(4, 104)
+    assert [f(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert [f(4 + d) for d in (0, 100 / 3, 50, 200 / 3, 100, 150)] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
+    p = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    sched = warmup_scheduler(opt, 0, "cosine", 2)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(2):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1e-3, 5e-4, 0.0])
+    assert isinstance(warmup_scheduler(opt, 3, "none", -1).lr_lambdas[0], WarmupConstant)
+
+
+def test_cosine_decay_needs_a_run_length():
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2))], lr=1e-3)
+    with pytest.raises(ValueError, match="trainer.max_steps"):
+        warmup_scheduler(opt, 0, "cosine", -1)  # Lightning's max_steps default: no length to anneal over
+    with pytest.raises(ValueError, match="total_steps > warmup_steps"):
+        warmup_scheduler(opt, 10, "cosine", 10)
+    with pytest.raises(ValueError, match="allowed values"):
+        warmup_scheduler(opt, 0, "linear", 100)
 
 
 def test_scaled_lr():

@@ -63,6 +63,12 @@ def test_shards_hold_exact_images_classes_captions_and_captioned_motion(idx_dir,
     assert first.read_bytes() == second.read_bytes()
 
 
+def test_zero_clips_builds_images_only(idx_dir, tmp_path):
+    patterns = build_fashion_mnist(str(idx_dir), str(tmp_path / "fm"), train_clips=0, test_clips=0, val_images=4)
+    assert sorted(patterns) == ["images-test", "images-train", "images-val"]
+    assert not list((tmp_path / "fm" / "shards").glob("clips-*"))
+
+
 def test_missing_files_name_the_package_and_the_files(tmp_path, capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     try:

@@ -69,6 +69,7 @@ def test_gan_and_reconstruction_losses_on_known_inputs():
     x, y = torch.zeros(2, 3), torch.tensor([[1.0, -2.0, 0.0], [0.0, 0.0, 3.0]])
     assert reconstruction_loss(x, y, "l1").item() == pytest.approx(1.0)
     assert reconstruction_loss(x, y, "l2").item() == pytest.approx(14 / 6)
+    assert reconstruction_loss(x, y, "l1+l2").item() == pytest.approx(1.0 + 14 / 6)  # |.| sum 6/6, squares 14/6
     with pytest.raises(ValueError, match="allowed values"):
         discriminator_loss(real, fake, "wgan")
 

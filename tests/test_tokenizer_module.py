@@ -28,7 +28,7 @@ def _adamw(lr: float):
     return lambda params: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
 
 
-def _module(perceptual: float = 0.0, ema_decay: float | None = 0.999, lr: float = 1e-3, seed: int = 0):
+def _module(perceptual: float = 0.0, ema_decay: float | None = 0.999, lr: float = 1e-3, seed: int = 0, lr_decay: str = "none"):
     torch.manual_seed(seed)
     return TokenizerModule(
         tokenizer=HBQTokenizer(preset="tiny", latent_channels=16, num_rounds=4),
@@ -38,6 +38,7 @@ def _module(perceptual: float = 0.0, ema_decay: float | None = 0.999, lr: float 
         disc_optimizer=_adamw(lr),
         ema_decay=ema_decay,
         num_logged_samples=0,
+        lr_decay=lr_decay,
     )
 
 
@@ -120,6 +121,16 @@ class _AtStart(Callback):
         self.optimizer_states = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]  # live tensors
         self.ema_updates = pl_module.ema.num_updates
         self.shadow = {n: t.clone() for n, t in pl_module.ema.shadows[0].items()}
+
+
+def test_cosine_lr_decay_anneals_both_optimisers_to_zero_at_max_steps(tmp_path, demo_image_shards):
+    module = _module(lr=1e-3, lr_decay="cosine")
+    trainer = _trainer(tmp_path, max_steps=4)
+    trainer.fit(module, datamodule=_data(demo_image_shards, resolution=32, batch_size=2))
+    # cos over 4 steps: multipliers 1, (1+cos(pi/4))/2, 1/2, (1-cos(pi/4))/2, then 0 after the last step
+    assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == pytest.approx([0.0, 0.0])
+    with pytest.raises(ValueError, match="lr_decay"):
+        TokenizerModule(tokenizer=HBQTokenizer(preset="tiny", latent_channels=16), lr_decay="linear")
 
 
 def test_resume_from_mid_run_checkpoint_continues_counters_and_optimizer_state(tmp_path, demo_image_shards):

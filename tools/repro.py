@@ -20,7 +20,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +34,15 @@ CONFIGS = "configs/repro"
 
 
 class Runner:
-    def __init__(self, out: Path, setting: dict, force: bool) -> None:
-        self.out, self.setting, self.force = out, setting, force
+    """Runs stage commands, logs each (wall time, commit, device, concurrent jobs) to runs.jsonl. With `jobs` > 1
+    the chains of main() run side by side, each command given cores // jobs threads: on 2 CPU cores two
+    one-thread trainings finish sooner than the same two run one after the other on two threads each."""
+
+    def __init__(self, out: Path, setting: dict, force: bool, jobs: int = 1) -> None:
+        self.out, self.setting, self.force, self.jobs = out, setting, force, jobs
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = out / "runs.jsonl"
+        self._lock = threading.Lock()
 
     def run(self, name: str, command: list[str], done: Path | None = None) -> None:
         """Run `command` (logged with its wall time) unless `done` exists."""
@@ -45,15 +52,23 @@ class Runner:
         print(f"== {name}: {' '.join(command)}", flush=True)
         started = time.time()
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        if self.jobs > 1:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         with open(self.out / f"{name}.log", "w") as log:
             code = subprocess.call(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         entry = {"name": name, "command": command, "seconds": round(time.time() - started, 1), "exit": code,
-                 "commit": _commit(), "device": self.setting["device"], "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-        with open(self.log, "a") as handle:
+                 "commit": _commit(), "device": self.setting["device"], "jobs": self.jobs,
+                 "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                 "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+        with self._lock, open(self.log, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
         if code != 0:
             tail = (self.out / f"{name}.log").read_text().splitlines()[-30:]
-            raise SystemExit(f"stage {name} failed (exit {code}); last lines of {self.out / name}.log:\n" + "\n".join(tail))
+            raise StageFailed(f"stage {name} failed (exit {code}); last lines of {self.out / name}.log:\n" + "\n".join(tail))
+
+
+class StageFailed(RuntimeError):
+    pass
 
 
 def _commit() -> str:
@@ -85,17 +100,28 @@ def _judge(task: str, out: Path, s: dict, reference: str | None, sweep: list[dic
     return {"class_path": "grn_lightning.eval.classifier_metrics.ClassifierSampleMetrics", "init_args": init}
 
 
+# Stages that depend on each other run in order inside a chain; chains run side by side with --jobs > 1 (the
+# classifier comes first in its chain and ends long before the T2X chain's test needs it).
+CHAINS = (("classifier", "tokenizer", "tokens", "c2i"), ("t2x",), ("ablation",))
+ABLATION = (("tokenizer_m2", "tokenizer_m2.yaml"), ("tokenizer_m4", None), ("tokenizer_m8", "tokenizer_m8.yaml"),
+            ("tokenizer_continuous", "tokenizer_continuous.yaml"))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="cpu")
     parser.add_argument("--out", default="outputs/repro")
     parser.add_argument("--idx-dir", default=None, help="Fashion-MNIST IDX folder (default: tools/make_fashion_mnist.py's)")
     parser.add_argument("--stages", default="data,classifier,tokenizer,ablation,tokens,c2i,t2x,report")
+    parser.add_argument("--jobs", type=int, default=None, help="chains run side by side (default: the setting's)")
     parser.add_argument("--force", action="store_true", help="rerun stages whose results exist")
     args = parser.parse_args(argv)
     s, out = SETTINGS[args.setting], Path(args.out).resolve()
     stages = args.stages.split(",")
-    runner = Runner(out, s, args.force)
+    unknown = sorted(set(stages) - {"data", "report", *(stage for chain in CHAINS for stage in chain)})
+    if unknown:
+        parser.error(f"unknown stages {unknown}")
+    runner = Runner(out, s, args.force, args.jobs or s["jobs"])
     data = out / "data"
     py = sys.executable
     if "data" in stages:
@@ -108,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     images = ["--data.train_shards", patterns["images-train"], "--data.val_shards", patterns["images-val"],
               "--data.test_shards", patterns["images-test"]]  # fmt: skip
     trainer = s["trainer"]
-    if "classifier" in stages:
+
+    def classifier() -> None:
         runner.run("classifier", [py, "tools/train_classifier.py", "--train", patterns["images-train"], "--test",
                                   patterns["images-test"], "--out", str(out / "classifier.pt"), *s["classifier_args"]],
                    out / "classifier.pt")  # fmt: skip
@@ -124,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
                                         "--trainer.logger.init_args.version", "test"),
                    out / name / "tb" / "test" / "metrics_protocol.json")  # fmt: skip
 
-    if "tokenizer" in stages:
-        tokenizer("tokenizer_image", [], s["tokenizer_steps"])
-    if "ablation" in stages:
-        for overlay in ("tokenizer_m2", "tokenizer_m8", "tokenizer_continuous"):
-            tokenizer(overlay, [f"{overlay}.yaml"], s["tokenizer_steps"])
+    def ablation() -> None:  # M = 2 / 4 / 8 / continuous at one equal, shorter length (paper Table 2 in miniature)
+        for name, overlay in ABLATION:
+            tokenizer(name, [overlay] if overlay else [], s["ablation_steps"])
+
     tokens = out / "tokens"
-    if "tokens" in stages:
+
+    def tokenize() -> None:
         for split in ("images-train", "images-val"):
             runner.run(f"tokens_{split}", [py, "tools/tokenize_shards.py", "--input", patterns[split], "--output", str(tokens),
                                            "--tokenizer-config", f"{CONFIGS}/c2i_ind.yaml", "--tokenizer-ckpt",
@@ -138,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "--batch-size", "256", "--no-progress"],
                        tokens / f"{split}.done")  # fmt: skip
             (tokens / f"{split}.done").touch()
-    if "c2i" in stages:
+
+    def c2i() -> None:
         token_patterns = {k: patterns[k].replace(str(data / "shards"), str(tokens)) for k in ("images-train", "images-val")}
         for variant in ("ind", "bit"):
             name = f"c2i_{variant}"
@@ -147,21 +175,24 @@ def main(argv: list[str] | None = None) -> int:
                       "--model.init_args.tokenizer_ckpt", str(_ckpt(out, "tokenizer_image")),
                       "--data.train_shards", token_patterns["images-train"], "--data.val_shards", token_patterns["images-val"],
                       "--data.test_shards", token_patterns["images-val"]]  # fmt: skip
+            steps = s["c2i_steps"] if variant == "ind" else s["c2i_bit_steps"]
             grid = _judge("c2i", out, {**s, "samples_per_condition": 4}, None, None, f"{name}_train")
             grid["init_args"].update(every_n_val_runs=1, output_json=None)
-            runner.run(f"{name}_fit", _grn("fit", *common, "--trainer.max_steps", str(s["c2i_steps"]),
-                                           "--trainer.val_check_interval", str(s["c2i_steps"] // 2),
+            runner.run(f"{name}_fit", _grn("fit", *common, "--trainer.max_steps", str(steps),
+                                           "--trainer.val_check_interval", str(steps // 2),
                                            "--trainer.logger.init_args.version", "fit", "--trainer.callbacks",
                                            json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                                         "init_args": {"save_last": True}}, grid])),
                        _ckpt(out, name))  # fmt: skip
             sweep = [entry for _, _, entry in sweep_entries(s)] if variant == "ind" else [{}]
             judge = _judge("c2i", out, s, patterns["images-test"], sweep, name)
+            judge["init_args"]["reconstruction_ceiling"] = variant == "ind"  # what the judge makes of the tokenizer's own output
             runner.run(f"{name}_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, name)),
                                             "--trainer.limit_test_batches", "2", "--trainer.logger.init_args.version", "test",
                                             "--trainer.callbacks", json.dumps([judge])),
                        out / "results" / f"{name}.json")  # fmt: skip
-    if "t2x" in stages:
+
+    def t2x() -> None:
         video = ["--data.train_video_shards", patterns["clips-train"], "--data.val_video_shards", patterns["clips-test"]]
         tokenizer("tokenizer_video", ["tokenizer_video.yaml"], s["video_tokenizer_steps"], video)
         common = ["--config", f"{CONFIGS}/t2x.yaml", *_run_dir(out, "t2x"), *images, *video, *trainer, *s["t2x_args"],
@@ -175,6 +206,23 @@ def main(argv: list[str] | None = None) -> int:
         runner.run("t2x_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, "t2x")), "--trainer.limit_test_batches", "2",
                                     "--trainer.logger.init_args.version", "test", "--trainer.callbacks", json.dumps(judges)),
                    out / "results" / "i2v.json")  # fmt: skip
+
+    stage_functions = {"classifier": classifier, "tokenizer": lambda: tokenizer("tokenizer_image", [], s["tokenizer_steps"]),
+                       "ablation": ablation, "tokens": tokenize, "c2i": c2i, "t2x": t2x}  # fmt: skip
+
+    def run_chain(chain: tuple[str, ...]) -> None:
+        for stage in chain:
+            if stage in stages:
+                stage_functions[stage]()
+
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=runner.jobs) as pool:
+        futures = [pool.submit(run_chain, chain) for chain in CHAINS if set(chain) & set(stages)]
+        failures = [str(f.exception()) for f in futures if f.exception() is not None]
+    if failures:
+        raise SystemExit("\n\n".join(failures))
+    if len(stages) > 1:
+        print(f"== stages {','.join(stages)}: {time.time() - started:.0f} s with {runner.jobs} job(s)", flush=True)
     if "report" in stages:
         path = write_report(out, s)
         print(f"== report: {path}")

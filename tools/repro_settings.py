@@ -6,10 +6,11 @@ from __future__ import annotations
 ADAPTIVE_PAPER = {"t0": 5, "k": 600.0, "b": -547.2, "t_min": 20, "t_max": 50}
 
 _CPU = {
-    "device": "CPU (2 shared cores)", "device_name": "cpu", "trainer": [],
+    "device": "CPU (2 cores)", "device_name": "cpu", "trainer": [], "jobs": 2,
     "train_clips": 6000, "test_clips": 1000, "max_train_images": None,
-    "classifier_args": ["--steps", "1000", "--batch-size", "64", "--width", "16"],
-    "tokenizer_steps": 2000, "video_tokenizer_steps": 600, "tokenizer_args": [], "limit_test_batches": 40,
+    "classifier_args": ["--steps", "600", "--batch-size", "64", "--width", "16"],
+    "tokenizer_steps": 2000, "video_tokenizer_steps": 1200, "tokenizer_args": [], "limit_test_batches": 40,
+    "ablation_steps": 1000, "c2i_bit_steps": 1000,
     "c2i_steps": 2000, "c2i_args": [], "t2x_steps": 2000, "t2x_args": [],
     "samples_per_condition": 10, "judge_batch": 50, "reference_limit": 10000, "i2v_clips": 50,
     "t2v_per_condition": 2, "t2x_sweep": None,
@@ -19,11 +20,12 @@ _CPU = {
 SETTINGS: dict[str, dict] = {
     "cpu": _CPU,
     "gpu": {
-        **_CPU, "device": "1 GPU", "device_name": "cuda",
+        **_CPU, "device": "1 GPU", "device_name": "cuda", "jobs": 1,
         "trainer": ["--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed"],
         "train_clips": 30000, "test_clips": 2000,
         "classifier_args": ["--steps", "3000", "--batch-size", "256", "--width", "32"],
         "tokenizer_steps": 5000, "video_tokenizer_steps": 5000, "limit_test_batches": 1000,
+        "ablation_steps": 5000, "c2i_bit_steps": 20000,
         "tokenizer_args": ["--data.batch_size", "128"],  # same architecture: the C2I/T2X configs name the tokenizer
         "c2i_steps": 20000, "c2i_args": ["--model.init_args.transformer.init_args.size", "B",
                                          "--model.init_args.optimization.global_batch_size", "256"],
@@ -31,10 +33,12 @@ SETTINGS: dict[str, dict] = {
         "samples_per_condition": 100, "judge_batch": 250, "i2v_clips": 500,
     },  # fmt: skip
     "ci": {
-        **_CPU, "train_clips": 300, "test_clips": 50, "max_train_images": 5000,
-        "classifier_args": ["--steps", "150", "--batch-size", "64", "--width", "8", "--floor-samples", "1000"],
-        "tokenizer_steps": 150, "video_tokenizer_steps": 60, "limit_test_batches": 4,
-        "c2i_steps": 1200, "t2x_steps": 400, "c2i_args": ["--model.init_args.ema.decay", "0.98"], "samples_per_condition": 5, "reference_limit": 1000, "i2v_clips": 10,
+        **_CPU, "jobs": 1, "train_clips": 300, "test_clips": 50, "max_train_images": 5000,
+        "classifier_args": ["--steps", "300", "--batch-size", "64", "--width", "16", "--floor-samples", "1000"],
+        "tokenizer_steps": 700, "video_tokenizer_steps": 100, "limit_test_batches": 4, "ablation_steps": 150,
+        "c2i_steps": 1000, "c2i_bit_steps": 400, "t2x_steps": 300,
+        "c2i_args": ["--model.init_args.transformer.init_args.size", "tiny", "--model.init_args.ema.decay", "0.98"],
+        "samples_per_condition": 5, "reference_limit": 1000, "i2v_clips": 10,
         "t2v_per_condition": 1, "t2x_sweep": [{"steps": 16}],
         "compare_steps": [8], "cfg_scales": [2.0], "temperatures": [1.0],
     },  # fmt: skip

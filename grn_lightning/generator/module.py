@@ -150,7 +150,8 @@ class GeneratorModule(L.LightningModule):
         # clipping (the recipes clip at 0.1). Unset, a GradScaler (fp16 only; bf16 has none) unscales before the
         # step as for any optimiser, so clipping sees true gradients and the fused kernel still does the update.
         optimizer._step_supports_amp_scaling = False
-        scheduler = warmup_scheduler(optimizer, self.warmup_total_steps(), opt.lr_decay, self.trainer.max_steps)
+        total = self.trainer.max_steps if opt.lr_decay == "cosine" else -1  # only the cosine needs the run's length
+        scheduler = warmup_scheduler(optimizer, self.warmup_total_steps(), opt.lr_decay, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -137,7 +137,7 @@ class TokenizerModule(L.LightningModule):
         opt_g = self.optimizer_factory(decay_param_groups(self.tokenizer))
         opt_d = self.disc_optimizer_factory(decay_param_groups(self.discriminator))
         warmup, decay = self.hparams.warmup_steps, self.hparams.get("lr_decay", "none")
-        total = self.trainer.max_steps if self._trainer is not None else -1
+        total = self.trainer.max_steps if decay == "cosine" else -1  # only the cosine needs the run's length
         return [opt_g, opt_d], [warmup_scheduler(opt_g, warmup, decay, total), warmup_scheduler(opt_d, warmup, decay, total)]
 
     def setup(self, stage: str) -> None:
