@@ -35,7 +35,7 @@ SETTINGS: dict[str, dict] = {
     "ci": {
         **_CPU, "jobs": 1, "train_clips": 300, "test_clips": 50, "max_train_images": 5000,
         "classifier_args": ["--steps", "300", "--batch-size", "64", "--width", "16", "--floor-samples", "1000"],
-        "tokenizer_steps": 700, "video_tokenizer_steps": 100, "limit_test_batches": 4, "ablation_steps": 150,
+        "tokenizer_steps": 600, "video_tokenizer_steps": 100, "limit_test_batches": 4, "ablation_steps": 150,
         "c2i_steps": 1000, "c2i_bit_steps": 400, "t2x_steps": 300,
         "c2i_args": ["--model.init_args.transformer.init_args.size", "tiny", "--model.init_args.ema.decay", "0.98"],
         "samples_per_condition": 5, "reference_limit": 1000, "i2v_clips": 10,
