@@ -143,6 +143,13 @@ def _worker(mode: str, phase: str, out_dir: str) -> None:
     if trainer.is_global_zero:
         with open(os.path.join(out_dir, f"{mode}-{phase}.json"), "w") as handle:
             json.dump({"global_step": trainer.global_step}, handle)
+    # Tear the process group down before the interpreter exits: left to exit-time destructors, a gloo thread can
+    # abort a rank with SIGABRT ("terminate called without an active exception") after all the work has succeeded
+    # (a CI run on 2026-12-05).
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _run(mode: str, phase: str, out_dir: str) -> None:

@@ -177,6 +177,8 @@ def _ddp_validate_worker(rank: int, port: int, root: str, per_rank: tuple[int, .
     (results,) = trainer.validate(TinyReconModule(per_rank=per_rank), verbose=False)
     with open(os.path.join(root, f"results{rank}.json"), "w") as handle:
         json.dump(results, handle)
+    # Explicit teardown: at interpreter exit a gloo thread can abort the rank (SIGABRT) after the work succeeded.
+    torch.distributed.destroy_process_group()
 
 
 @pytest.mark.timeout(300)
