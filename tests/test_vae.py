@@ -109,6 +109,32 @@ def test_other_strides_and_chunking():
         torch.testing.assert_close(vae.decode_chunked(mu), out, atol=1e-5, rtol=1e-5)
 
 
+def test_time_only_stage_keeps_the_grid_and_stays_causal():
+    # dim_mult [1, 2, 2]: stage 0 halves time only, stage 1 space and time -> stride 2·2 = 4 in space, 4 in time
+    vae = _vae(dim_mult=[1, 2, 2], temporal_downsample=[True, True], spatial_downsample=[False, True], latent_channels=3)
+    assert (vae.spatial_stride, vae.temporal_stride) == (4, 4)
+    assert [type(m).__name__ for m in vae.encoder.downsamples[0].downsamples][-1] == "Resample"
+    assert vae.encoder.downsamples[0].downsamples[-1].mode == "downsample1d"
+    assert vae.decoder.upsamples[1].upsamples[-1].mode == "upsample1d"  # mirrored: the last up-sampling stage
+    x = _clip(9, size=16)
+    with torch.no_grad():
+        mu = vae.encode(x)
+        assert mu.shape == (1, 3, 3, 4, 4)  # 1 + 8/4 latent frames of 16/4 × 16/4
+        torch.testing.assert_close(vae.encode_chunked(x), mu, atol=1e-5, rtol=1e-5)
+        out = vae.decode(mu)
+        assert out.shape == x.shape
+        torch.testing.assert_close(vae.decode_chunked(mu), out, atol=1e-5, rtol=1e-5)
+        later = x.clone()
+        later[:, :, 5:] = torch.randn_like(later[:, :, 5:])  # frames 5..8 feed latent frame 2 only
+        moved = vae.encode(later)
+    torch.testing.assert_close(moved[:, :, :2], mu[:, :, :2], atol=1e-6, rtol=0)
+    assert (moved[:, :, 2] - mu[:, :, 2]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="spatial_downsample"):
+        _vae(dim_mult=[1, 2, 2], temporal_downsample=[True, True], spatial_downsample=[False])
+    with pytest.raises(ValueError, match="must halve space or time"):
+        _vae(dim_mult=[1, 2, 2], temporal_downsample=[False, True], spatial_downsample=[False, True])
+
+
 def test_image_is_one_frame_video():
     vae = _vae()
     image = _clip(1, size=64)

@@ -27,15 +27,17 @@ from grn_lightning.tokenizer.layers import (
 class DownStage(nn.Module):
     """Residual blocks (+ resample) with a parameter-free average-down shortcut around the whole stage."""
 
-    def __init__(self, in_dim: int, out_dim: int, num_blocks: int, dropout: float, down: bool, temporal: bool) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, num_blocks: int, dropout: float, down: bool, temporal: bool, spatial: bool = True
+    ) -> None:
         super().__init__()
-        self.avg_shortcut = AvgDown3D(in_dim, out_dim, factor_t=2 if temporal else 1, factor_s=2 if down else 1)
+        self.avg_shortcut = AvgDown3D(in_dim, out_dim, factor_t=2 if temporal else 1, factor_s=2 if down and spatial else 1)
         blocks: list[nn.Module] = []
         for _ in range(num_blocks):
             blocks.append(ResidualBlock(in_dim, out_dim, dropout))
             in_dim = out_dim
         if down:
-            blocks.append(Resample(out_dim, "downsample3d" if temporal else "downsample2d"))
+            blocks.append(Resample(out_dim, _resample_mode("down", spatial, temporal)))
         self.downsamples = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor, state: State = None) -> torch.Tensor:
@@ -48,15 +50,17 @@ class DownStage(nn.Module):
 class UpStage(nn.Module):
     """Residual blocks (+ resample) with a duplicate-up shortcut when the stage up-samples."""
 
-    def __init__(self, in_dim: int, out_dim: int, num_blocks: int, dropout: float, up: bool, temporal: bool) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, num_blocks: int, dropout: float, up: bool, temporal: bool, spatial: bool = True
+    ) -> None:
         super().__init__()
-        self.avg_shortcut = DupUp3D(in_dim, out_dim, factor_t=2 if temporal else 1, factor_s=2) if up else None
+        self.avg_shortcut = DupUp3D(in_dim, out_dim, factor_t=2 if temporal else 1, factor_s=2 if spatial else 1) if up else None
         blocks: list[nn.Module] = []
         for _ in range(num_blocks):
             blocks.append(ResidualBlock(in_dim, out_dim, dropout))
             in_dim = out_dim
         if up:
-            blocks.append(Resample(out_dim, "upsample3d" if temporal else "upsample2d"))
+            blocks.append(Resample(out_dim, _resample_mode("up", spatial, temporal)))
         self.upsamples = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor, state: State = None) -> torch.Tensor:
@@ -69,6 +73,11 @@ class UpStage(nn.Module):
         if state is not None:
             state[self] = True
         return y + self.avg_shortcut(x, first)
+
+
+def _resample_mode(direction: str, spatial: bool, temporal: bool) -> str:
+    """Resample mode of a stage that scales space (2d), space and time (3d) or time alone (1d)."""
+    return f"{direction}sample{'3d' if spatial and temporal else '2d' if spatial else '1d'}"
 
 
 def _middle(dim: int, dropout: float, attention: bool) -> nn.Sequential:
@@ -94,14 +103,17 @@ class Encoder3d(nn.Module):
         dropout: float,
         middle_attention: bool,
         in_channels: int = 12,
+        spatial_downsample: list[bool] | None = None,
     ) -> None:
         super().__init__()
         dims = [dim * m for m in [1, *dim_mult]]
         self.conv1 = CausalConv3d(in_channels, dims[0], 3, padding=1)
         last = len(dim_mult) - 1
+        spatial = spatial_downsample or [True] * last
         self.downsamples = nn.Sequential(
             *(
-                DownStage(dims[i], dims[i + 1], num_res_blocks, dropout, down=i != last, temporal=i < last and temporal_downsample[i])
+                DownStage(dims[i], dims[i + 1], num_res_blocks, dropout, down=i != last, temporal=i < last and temporal_downsample[i],
+                          spatial=i == last or spatial[i])  # fmt: skip
                 for i in range(len(dim_mult))
             )
         )
@@ -128,15 +140,18 @@ class Decoder3d(nn.Module):
         dropout: float,
         middle_attention: bool,
         out_channels: int = 12,
+        spatial_upsample: list[bool] | None = None,
     ) -> None:
         super().__init__()
         dims = [dim * m for m in [dim_mult[-1], *dim_mult[::-1]]]
         self.conv1 = CausalConv3d(in_channels, dims[0], 3, padding=1)
         self.middle = _middle(dims[0], dropout, middle_attention)
         last = len(dim_mult) - 1
+        spatial = spatial_upsample or [True] * last
         self.upsamples = nn.Sequential(
             *(
-                UpStage(dims[i], dims[i + 1], num_res_blocks + 1, dropout, up=i != last, temporal=i < last and temporal_upsample[i])
+                UpStage(dims[i], dims[i + 1], num_res_blocks + 1, dropout, up=i != last, temporal=i < last and temporal_upsample[i],
+                        spatial=i == last or spatial[i])  # fmt: skip
                 for i in range(len(dim_mult))
             )
         )

@@ -135,28 +135,32 @@ class _Upsample2x(nn.Module):
 class Resample(nn.Module):
     """2D down/up-sampling (3×3 conv per frame), optionally with a causal temporal factor 2 that keeps frame 0.
 
-    mode: ``downsample2d`` | ``downsample3d`` | ``upsample2d`` | ``upsample3d``.
+    mode: ``downsample2d`` | ``downsample3d`` | ``downsample1d`` | ``upsample2d`` | ``upsample3d`` | ``upsample1d``.
     - downsample3d: frame 0 passes alone; later frames come from a stride-2 k3 temporal conv without padding,
       windows (2j−2, 2j−1, 2j): T = 1+2k -> 1+k.
     - upsample3d: frame 0 passes alone; frames 1.. go through a causal k3 temporal conv to 2C channels that are
       split into two frames each: T -> 1 + 2(T−1) (SPEC §2 "doubles frames, first frame kept").
+    - downsample1d / upsample1d: the temporal half alone, space untouched (not in the release: it lets a small
+      tokenizer compress time 4× while keeping a finer token grid, e.g. the Fashion-MNIST joint tokenizer).
     """
 
-    MODES = ("downsample2d", "downsample3d", "upsample2d", "upsample3d")
+    MODES = ("downsample2d", "downsample3d", "downsample1d", "upsample2d", "upsample3d", "upsample1d")
 
     def __init__(self, dim: int, mode: str) -> None:
         super().__init__()
         if mode not in self.MODES:
             raise ValueError(f"Resample mode must be one of {self.MODES}, got {mode!r}")
         self.mode = mode
-        if mode.startswith("up"):
+        if mode.endswith("1d"):
+            self.resample = nn.Identity()
+        elif mode.startswith("up"):
             self.resample = nn.Sequential(_Upsample2x(), nn.Conv2d(dim, dim, 3, padding=1))
         else:
             # asymmetric (right/bottom) zero pad then stride 2: H -> H/2 for even H, as released
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
-        if mode == "upsample3d":
+        if mode in ("upsample3d", "upsample1d"):
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
-        elif mode == "downsample3d":
+        elif mode in ("downsample3d", "downsample1d"):
             self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=(0, 0, 0))
 
     def _spatial(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,10 +193,11 @@ class Resample(nn.Module):
         return torch.cat([head, self.time_conv(seq)], dim=2)
 
     def forward(self, x: torch.Tensor, state: State = None) -> torch.Tensor:
-        if self.mode == "upsample3d":
+        if self.mode in ("upsample3d", "upsample1d"):
             x = self._time_up(x, state)
-        x = self._spatial(x)
-        if self.mode == "downsample3d":
+        if not self.mode.endswith("1d"):
+            x = self._spatial(x)
+        if self.mode in ("downsample3d", "downsample1d"):
             x = self._time_down(x, state)
         return x
 

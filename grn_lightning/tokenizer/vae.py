@@ -39,6 +39,8 @@ class CausalVAE(nn.Module):
         temporal_downsample: per down-sampling stage, whether it also halves time (len(dim_mult) − 1 entries).
         dropout: dropout inside residual blocks.
         middle_attention: apply the middle attention blocks (False = the released no-op; parameters exist either way).
+        spatial_downsample: per down-sampling stage, whether it halves space (None: all do, as released). A stage
+            with False halves time only, so temporal_downsample must be True there.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class CausalVAE(nn.Module):
         temporal_downsample: list[bool] = [False, True, True],  # noqa: B006
         dropout: float = 0.0,
         middle_attention: bool = False,
+        spatial_downsample: list[bool] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("latent_channels", latent_channels), ("dim", dim), ("dec_dim", dec_dim), ("num_res_blocks", num_res_blocks)):
@@ -64,19 +67,32 @@ class CausalVAE(nn.Module):
                 f"temporal_downsample needs one entry per down-sampling stage (len(dim_mult) - 1 = {len(dim_mult) - 1}), "
                 f"got {temporal_downsample!r}"
             )
+        spatial_downsample = [True] * len(temporal_downsample) if spatial_downsample is None else [bool(s) for s in spatial_downsample]
+        if len(spatial_downsample) != len(temporal_downsample):
+            raise ValueError(
+                f"spatial_downsample needs one entry per down-sampling stage ({len(temporal_downsample)}), got {spatial_downsample!r}"
+            )
+        if any(not s and not t for s, t in zip(spatial_downsample, temporal_downsample)):
+            raise ValueError(
+                f"a down-sampling stage must halve space or time: spatial_downsample={spatial_downsample}, "
+                f"temporal_downsample={temporal_downsample} (drop the stage from dim_mult instead)"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.latent_channels = latent_channels
         self.config = dict(
             latent_channels=latent_channels, dim=dim, dec_dim=dec_dim, dim_mult=dim_mult, num_res_blocks=num_res_blocks,
             temporal_downsample=temporal_downsample, dropout=dropout, middle_attention=middle_attention,
+            spatial_downsample=spatial_downsample,
         )  # fmt: skip
-        self.spatial_stride = PATCH * 2 ** (len(dim_mult) - 1)
+        self.spatial_stride = PATCH * 2 ** sum(spatial_downsample)
         self.temporal_stride = 2 ** sum(temporal_downsample)
-        self.encoder = Encoder3d(dim, 2 * latent_channels, dim_mult, num_res_blocks, temporal_downsample, dropout, middle_attention)
+        self.encoder = Encoder3d(dim, 2 * latent_channels, dim_mult, num_res_blocks, temporal_downsample, dropout, middle_attention,
+                                 spatial_downsample=spatial_downsample)  # fmt: skip
         self.conv1 = CausalConv3d(2 * latent_channels, 2 * latent_channels, 1)
         self.conv2 = CausalConv3d(latent_channels, latent_channels, 1)
-        self.decoder = Decoder3d(dec_dim, latent_channels, dim_mult, num_res_blocks, temporal_downsample[::-1], dropout, middle_attention)
+        self.decoder = Decoder3d(dec_dim, latent_channels, dim_mult, num_res_blocks, temporal_downsample[::-1], dropout, middle_attention,
+                                 spatial_upsample=spatial_downsample[::-1])  # fmt: skip
 
     # ---- shapes -------------------------------------------------------------------------------------------
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -147,6 +163,8 @@ class HBQTokenizer(nn.Module):
         dim_mult: override the preset's width multipliers.
         num_res_blocks: override the preset's residual blocks per encoder stage.
         temporal_downsample: override the preset's per-stage temporal down-sampling flags.
+        spatial_downsample: per-stage spatial down-sampling flags (None: every stage, as released); a False stage
+            halves time only, e.g. stride 4 in space and 4 in time with dim_mult [1, 2, 2].
         dropout: dropout inside residual blocks.
         middle_attention: really apply the middle attention (the release's is a no-op).
         chunked_inference: let tokenize/detokenize use the cached causal loop (bounded memory for long clips).
@@ -163,6 +181,7 @@ class HBQTokenizer(nn.Module):
         dim_mult: list[int] | None = None,
         num_res_blocks: int | None = None,
         temporal_downsample: list[bool] | None = None,
+        spatial_downsample: list[bool] | None = None,
         dropout: float = 0.0,
         middle_attention: bool = False,
         chunked_inference: bool = True,
@@ -171,7 +190,8 @@ class HBQTokenizer(nn.Module):
         if preset not in VAE_PRESETS:
             raise ValueError(f"preset must be one of {sorted(VAE_PRESETS)}, got {preset!r}")
         cfg = dict(VAE_PRESETS[preset])
-        overrides = dict(dim=dim, dec_dim=dec_dim, dim_mult=dim_mult, num_res_blocks=num_res_blocks, temporal_downsample=temporal_downsample)
+        overrides = dict(dim=dim, dec_dim=dec_dim, dim_mult=dim_mult, num_res_blocks=num_res_blocks, temporal_downsample=temporal_downsample,
+                         spatial_downsample=spatial_downsample)  # fmt: skip
         cfg.update({k: v for k, v in overrides.items() if v is not None})
         self.vae = CausalVAE(latent_channels=latent_channels, dropout=dropout, middle_attention=middle_attention, **cfg)
         self.quantizer = HBQ(num_rounds=num_rounds, continuous=continuous)
