@@ -23,7 +23,7 @@ endif
 RUN_PYTHON := $(if $(ENV_PYTHON),$(ENV_PYTHON),$(BIN)/python)
 RUN_SETUP := $(if $(ENV_PYTHON),env-install,install)
 
-.PHONY: help install env-install demo-data demo repro test test-fast lint clean eval-imagenet bench-gpu
+.PHONY: help install env-install demo-data demo repro test test-fast clean eval-imagenet bench-gpu
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'

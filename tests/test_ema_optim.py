@@ -130,21 +130,15 @@ def test_ema_rejects_bad_decay_and_mismatched_model():
         ema.update(nn.Linear(4, 3))
 
 
-def test_ema_on_dtensor_parameters_matches_plain_tensors(monkeypatch):
+def test_ema_on_dtensor_parameters_matches_plain_tensors(monkeypatch, free_port):
     """FSDP2 parameters are DTensors; the foreach update must give the same numbers as on plain tensors."""
-    import socket
-
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
-    # A free port, set for this test only: a fixed port collided with a concurrent run, and a leaked MASTER_PORT
-    # would reach every later test of the session.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    # set for this test only: a leaked MASTER_PORT would reach every later test of the session
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("MASTER_PORT", str(free_port))
     created = not dist.is_initialized()
     if created:
         dist.init_process_group("gloo", rank=0, world_size=1)

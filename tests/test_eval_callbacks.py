@@ -182,16 +182,11 @@ def _ddp_validate_worker(rank: int, port: int, root: str, per_rank: tuple[int, .
 
 
 @pytest.mark.timeout(300)
-def test_two_process_validation_with_uneven_data_does_not_hang(tmp_path):
-    import socket
-
+def test_two_process_validation_with_uneven_data_does_not_hang(tmp_path, free_port):
     import torch.multiprocessing as mp
 
     per_rank = (5, 1)  # rank 0: 3 batches, rank 1: 1 batch (each plus a padding row)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_ddp_validate_worker, args=(port, str(tmp_path), per_rank), nprocs=2, join=True)
+    mp.spawn(_ddp_validate_worker, args=(free_port, str(tmp_path), per_rank), nprocs=2, join=True)
     for rank in (0, 1):
         results = json.loads((tmp_path / f"results{rank}.json").read_text())
         # Synced over both ranks: the mean over all 6 valid frames, not one rank's share.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -146,12 +145,6 @@ def test_psnr_and_ssim_exact_values():
 # ---- two ranks (gloo): sums reduce to the one-shot value -------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -179,10 +172,10 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_two_rank_sync_equals_one_shot(tmp_path):
+def test_two_rank_sync_equals_one_shot(tmp_path, free_port):
     import torch.multiprocessing as mp
 
-    mp.spawn(_two_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_two_rank_worker, args=(free_port, str(tmp_path)), nprocs=2, join=True)
     a, b = _features(10), _features(11, shift=0.4)
     expected_fid = frechet_distance(*_stats(a), *_stats(b))
     one_shot = InceptionScore(splits=1)

@@ -4,17 +4,10 @@ of forward calls (lockstep dummy forwards), nobody hangs, and each rank's sample
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _build():
@@ -63,8 +56,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_adaptive_sampling_with_fsdp2_stays_in_lockstep(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_adaptive_sampling_with_fsdp2_stays_in_lockstep(tmp_path, free_port):
+    mp.spawn(_worker, args=(free_port, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     for r in (r0, r1):
         assert torch.equal(r["out"].labels, r["ref"].labels)
@@ -119,10 +112,10 @@ def _module_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_c2i_module_samples_adaptively_from_a_sharded_ema_on_two_ranks(tmp_path):
+def test_c2i_module_samples_adaptively_from_a_sharded_ema_on_two_ranks(tmp_path, free_port):
     """Entropy-guided sampling through C2IModule with FSDP2-sharded weights and uneven requests per rank: no hang,
     and every sample equals the unsharded module's (the module passes the lockstep itself)."""
-    mp.spawn(_module_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_module_worker, args=(free_port, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"module-rank{r}.pt", weights_only=False) for r in range(2))
     for r in (r0, r1):
         assert torch.equal(r["out"].labels, r["ref"].labels)

@@ -256,15 +256,10 @@ def _ddp_worker(rank: int, port: int, root: str) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_ddp_two_cpu_processes_mixed_batches_keep_ranks_identical(tmp_path):
-    import socket
-
+def test_ddp_two_cpu_processes_mixed_batches_keep_ranks_identical(tmp_path, free_port):
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(free_port, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["global_step"] == r1["global_step"] == 4 and r0["d_steps"] == r1["d_steps"] == {4}
     init = _module(seed=0)

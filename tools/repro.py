@@ -50,14 +50,14 @@ class Runner:
             print(f"== {name}: done ({done})", flush=True)
             return
         print(f"== {name}: {' '.join(command)}", flush=True)
-        started = time.time()
+        started, commit = time.time(), _commit()  # the tree that runs, not the one there when it ends
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         if self.jobs > 1:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         with open(self.out / f"{name}.log", "w") as log:
             code = subprocess.call(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         entry = {"name": name, "command": command, "seconds": round(time.time() - started, 1), "exit": code,
-                 "commit": _commit(), "device": self.setting["device"], "jobs": self.jobs,
+                 "commit": commit, "device": self.setting["device"], "jobs": self.jobs,
                  "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                  "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
         with self._lock, open(self.log, "a") as handle:
@@ -72,8 +72,10 @@ class StageFailed(RuntimeError):
 
 
 def _commit() -> str:
+    """Short HEAD, with "-dirty" when tracked files differ from it (the run is then not exactly that commit)."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+        command = ["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"]  # tags excluded: a hash
+        return subprocess.check_output(command, cwd=ROOT, text=True).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -41,7 +41,7 @@ from grn_lightning.generator.sampling.lockstep import distributed_lockstep
 from grn_lightning.generator.sampling.sampler import RefinementSampler
 from grn_lightning.generator.token_layout import TokenLayout
 from grn_lightning.training.ema import EMA, frozen_copy
-from grn_lightning.training.optim import decay_param_groups, warmup_scheduler
+from grn_lightning.training.optim import decay_length, decay_param_groups, warmup_scheduler
 
 
 class GeneratorModule(L.LightningModule):
@@ -150,8 +150,7 @@ class GeneratorModule(L.LightningModule):
         # clipping (the recipes clip at 0.1). Unset, a GradScaler (fp16 only; bf16 has none) unscales before the
         # step as for any optimiser, so clipping sees true gradients and the fused kernel still does the update.
         optimizer._step_supports_amp_scaling = False
-        total = self.trainer.max_steps if opt.lr_decay == "cosine" else -1  # only the cosine needs the run's length
-        scheduler = warmup_scheduler(optimizer, self.warmup_total_steps(), opt.lr_decay, total)
+        scheduler = warmup_scheduler(optimizer, self.warmup_total_steps(), opt.lr_decay, decay_length(self, opt.lr_decay))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -1,4 +1,5 @@
-"""`SampleWriter`: the `grn predict` writer of both generator stages (PNGs, a grid, MP4s for clips).
+"""`SampleWriter`: the `grn predict` writer of both generator stages (PNGs, a grid, MP4s for clips), and
+`request_loader`, the loader that hands their prediction requests over.
 
 A prediction is a dict with `names` and either `images` [B, 3, H, W] (C2I) or `media` [B, 3, T, H, W] (T2I/T2V/I2V),
 values in [-1, 1]. Every sample becomes `output_dir/<name>.png` (a clip: its first frame) and, for clips,
@@ -11,6 +12,15 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+def _pass_through(batch):  # module level: a lambda cannot be pickled into a worker process
+    return batch
+
+
+def request_loader(requests: list[dict]) -> torch.utils.data.DataLoader:
+    """One prepared request dict per predict batch, untouched (no collation: the requests are already batches)."""
+    return torch.utils.data.DataLoader(requests, batch_size=None, collate_fn=_pass_through)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ from grn_lightning.tokenizer.discriminator import PatchDiscriminator
 from grn_lightning.tokenizer.losses import TokenizerLoss, frames_as_images
 from grn_lightning.tokenizer.vae import HBQTokenizer
 from grn_lightning.training.ema import EMA
-from grn_lightning.training.optim import LR_DECAYS, decay_param_groups, warmup_scheduler
+from grn_lightning.training.optim import LR_DECAYS, decay_length, decay_param_groups, warmup_scheduler
 
 __all__ = ["TokenizerModule", "default_tokenizer_optimizer"]
 
@@ -137,7 +137,7 @@ class TokenizerModule(L.LightningModule):
         opt_g = self.optimizer_factory(decay_param_groups(self.tokenizer))
         opt_d = self.disc_optimizer_factory(decay_param_groups(self.discriminator))
         warmup, decay = self.hparams.warmup_steps, self.hparams.get("lr_decay", "none")
-        total = self.trainer.max_steps if decay == "cosine" else -1  # only the cosine needs the run's length
+        total = decay_length(self, decay)
         return [opt_g, opt_d], [warmup_scheduler(opt_g, warmup, decay, total), warmup_scheduler(opt_d, warmup, decay, total)]
 
     def setup(self, stage: str) -> None:

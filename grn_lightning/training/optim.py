@@ -110,6 +110,12 @@ def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, decay:
     return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps))
 
 
+def decay_length(module, decay: str) -> int:
+    """The run length `warmup_scheduler` needs: the trainer's max_steps for the cosine, else -1 (unused), so that a
+    module without a trainer can still build its optimisers when it does not decay."""
+    return module.trainer.max_steps if decay == "cosine" else -1
+
+
 def scaled_lr(base_lr: float, batch_size: int, reference_batch: int = 256) -> float:
     """Linear scaling rule: ``base_lr · batch_size / reference_batch`` (global batch, all ranks × accumulation)."""
     if batch_size < 1 or reference_batch < 1:

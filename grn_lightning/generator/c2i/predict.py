@@ -21,10 +21,7 @@ import torch
 from grn_lightning.data.buckets import SPATIAL_STRIDE
 from grn_lightning.data.tokens import TokenGeometry
 from grn_lightning.errors import GRNUserError
-
-
-def _identity(batch):
-    return batch
+from grn_lightning.generator.writers import request_loader
 
 
 class C2IPredictRequests(L.LightningDataModule):
@@ -142,4 +139,4 @@ class C2IPredictRequests(L.LightningDataModule):
         return batches
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(self.requests(), batch_size=None, collate_fn=_identity)
+        return request_loader(self.requests())

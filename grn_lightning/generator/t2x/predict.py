@@ -21,12 +21,9 @@ import lightning as L
 import torch
 
 from grn_lightning.data.tokens import TokenGeometry
+from grn_lightning.generator.writers import request_loader
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
-
-
-def _identity(batch):
-    return batch
 
 
 class T2XPromptRequests(L.LightningDataModule):
@@ -165,4 +162,4 @@ class T2XPromptRequests(L.LightningDataModule):
         return batches
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(self.requests(), batch_size=None, collate_fn=_identity)
+        return request_loader(self.requests())
