@@ -94,7 +94,7 @@ def write_report(out: Path, s: dict) -> Path:
     lines += ["### Tokenizers (test split, 32²)", "", "| tokenizer | steps | PSNR (dB) | SSIM | target PSNR ≥ 26 |",
               "|---|---|---|---|---|"]  # fmt: skip
     for name, label, steps in (("tokenizer_image", "HBQ M=4, C=8, stride 4 (the C2I tokenizer)", s["tokenizer_steps"]),
-                               ("tokenizer_video", "joint image+video M=4, C=16, stride 8×4 (images)", s["video_tokenizer_steps"])):  # fmt: skip
+                               ("tokenizer_video", "joint image+video M=4, C=16, stride 4×4 (images)", s["video_tokenizer_steps"])):  # fmt: skip
         m = _tokenizer_metrics(out, name)
         results[name] = m
         psnr = None if m is None else m.get("psnr")
