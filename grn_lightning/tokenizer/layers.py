@@ -151,16 +151,15 @@ class Resample(nn.Module):
         if mode not in self.MODES:
             raise ValueError(f"Resample mode must be one of {self.MODES}, got {mode!r}")
         self.mode = mode
-        if mode.endswith("1d"):
-            self.resample = nn.Identity()
-        elif mode.startswith("up"):
+        self.up, self.spatial, self.temporal = mode.startswith("up"), not mode.endswith("1d"), not mode.endswith("2d")
+        if self.spatial and self.up:
             self.resample = nn.Sequential(_Upsample2x(), nn.Conv2d(dim, dim, 3, padding=1))
-        else:
+        elif self.spatial:
             # asymmetric (right/bottom) zero pad then stride 2: H -> H/2 for even H, as released
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
-        if mode in ("upsample3d", "upsample1d"):
+        if self.temporal and self.up:
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
-        elif mode in ("downsample3d", "downsample1d"):
+        elif self.temporal:
             self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=(0, 0, 0))
 
     def _spatial(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,11 +192,11 @@ class Resample(nn.Module):
         return torch.cat([head, self.time_conv(seq)], dim=2)
 
     def forward(self, x: torch.Tensor, state: State = None) -> torch.Tensor:
-        if self.mode in ("upsample3d", "upsample1d"):
+        if self.temporal and self.up:
             x = self._time_up(x, state)
-        if not self.mode.endswith("1d"):
+        if self.spatial:
             x = self._spatial(x)
-        if self.mode in ("downsample3d", "downsample1d"):
+        if self.temporal and not self.up:
             x = self._time_down(x, state)
         return x
 
