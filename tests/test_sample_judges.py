@@ -9,6 +9,7 @@ from scipy import linalg
 
 from grn_lightning.eval.classifier import SmallClassifier, load_classifier, save_classifier, shrink_and_shift
 from grn_lightning.eval.sample_judges import SampleJudge, centroid_track, features_frechet, motion_direction
+from tests.test_fashion_mnist import idx_dir  # noqa: F401  (fixture: synthetic Fashion-MNIST IDX files)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,11 +109,51 @@ def test_classifier_sample_metrics_options_fail_at_construction():
         ClassifierSampleMetrics("c.pt", task="t2a")
     with pytest.raises(ValueError, match="first frames"):
         ClassifierSampleMetrics("c.pt", task="i2v")
+    with pytest.raises(ValueError, match="reconstruction_ceiling.*t2v samples have no real counterpart"):
+        ClassifierSampleMetrics("c.pt", task="t2v", reference_shards="x.tar", reconstruction_ceiling=True)
     with pytest.raises(ValueError, match="reconstruction_ceiling"):
-        ClassifierSampleMetrics("c.pt", task="t2i", reference_shards="x.tar", reconstruction_ceiling=True)
+        ClassifierSampleMetrics("c.pt", task="t2i", reconstruction_ceiling=True)
     judge = ClassifierSampleMetrics("c.pt", task="t2v", samples_per_condition=2)
     requests = judge.requests()
     # 10 classes x 5 directions x 2 samples, each caption naming its class and direction
     assert len(requests) == 100
     assert requests[0] == {"cls": 0, "caption": "a t-shirt moving left", "direction": "left"}
     assert requests[-1]["caption"] == "an ankle boot standing still"
+
+
+def test_reconstruction_ceiling_judges_the_tokenizers_own_round_trip_of_the_reference_media(idx_dir, tmp_path):
+    """T2X ceilings: the reference clips (first frames skipped, as I2V samples are judged) and images, encoded and
+    decoded by the module's tokenizer, score exactly what the judge gives the tokenizer's direct round trip."""
+    from grn_lightning.data.fashion_mnist import build_fashion_mnist, caption_class
+    from grn_lightning.eval.classifier_metrics import ClassifierSampleMetrics
+    from grn_lightning.eval.real_media import iterate_real
+    from grn_lightning.tokenizer.vae import HBQTokenizer
+    from tests.test_t2x_module import tiny_module
+
+    patterns = build_fashion_mnist(str(idx_dir), str(tmp_path / "fm"), train_clips=0, test_clips=5, val_images=4)
+    torch.manual_seed(0)
+    tokenizer = HBQTokenizer(latent_channels=16, num_rounds=4, preset="tiny").eval()
+    save_classifier(str(tmp_path / "c.pt"), SmallClassifier(num_classes=10, width=4, feature_dim=8).eval(), {})
+    classifier, _ = load_classifier(str(tmp_path / "c.pt"))
+    module = tiny_module(tokenizer).eval()
+
+    ceiling = ClassifierSampleMetrics(str(tmp_path / "c.pt"), task="i2v", samples_per_condition=3, batch_size=2,
+                                      reference_shards=patterns["clips-test"], reconstruction_ceiling=True)
+    direct = SampleJudge(classifier)
+    for batch in iterate_real(patterns["clips-test"], "video", 32, 17, batch_size=3, limit=3):
+        rebuilt = tokenizer.detokenize(tokenizer.tokenize(batch["pixels"])).clamp(-1, 1)
+        directions = ["still" if c.endswith("standing still") else c.rsplit(" ", 1)[1] for c in batch["caption"]]
+        classes = torch.tensor([caption_class(c) for c in batch["caption"]])
+        direct.update_clips(rebuilt, classes, directions, skip_first=True)
+    expected = {f"reconstruction_{key}": value for key, value in direct.compute().items()}
+    scores = ceiling.reconstruction_scores(module)
+    assert scores["reconstruction_num_clips"] == 3 and "reconstruction_keeps_first_frame_class" in scores
+    assert scores == pytest.approx(expected)
+
+    images = ClassifierSampleMetrics(str(tmp_path / "c.pt"), task="t2i", batch_size=4, reference_limit=6,
+                                     reference_shards=patterns["images-test"], reconstruction_ceiling=True)
+    batch = next(iterate_real(patterns["images-test"], "image", 32, batch_size=6))
+    predicted = classifier(tokenizer.detokenize(tokenizer.tokenize(batch["pixels"]))[:, :, 0].clamp(-1, 1))[0].argmax(1)
+    scores = images.reconstruction_scores(module)
+    assert scores["reconstruction_num_images"] == 6
+    assert scores["reconstruction_class_accuracy"] == pytest.approx((predicted == batch["cls"]).float().mean().item())

@@ -46,9 +46,11 @@ class ClassifierSampleMetrics(pl.Callback):
         output_json: write {"task", "stage", "step", "results": [...]} here (None: loggers only).
         grid_dir: also save the first entry's sample grid as PNG into this folder.
         every_n_val_runs: evaluate on validation runs N, 2N, ... (sanity checks excluded); 0: test only.
-        reconstruction_ceiling: c2i with reference_shards: also judge the module's tokenizer reconstructions of the
-            real reference images ("reconstruction_class_accuracy", "reconstruction_frechet_distance"): the best a
-            generator decoded by this tokenizer can score with this judge.
+        reconstruction_ceiling: c2i, t2i or i2v: also judge the module's tokenizer reconstructions of the real
+            reference media, scored like samples (every score prefixed "reconstruction_": class accuracy and
+            Fréchet distance of images; for i2v the reference clips with their first frame skipped, so
+            "reconstruction_keeps_first_frame_class" is the best an I2V model decoded by this tokenizer can score
+            with this judge).
         seed: base seed (batch j uses seed + j).
         log_prefix: metric name prefix.
     """
@@ -82,8 +84,9 @@ class ClassifierSampleMetrics(pl.Callback):
         self.sweep = [dict(entry) for entry in (sweep or [{}])]
         self.output_json, self.grid_dir, self.every, self.seed, self.prefix = output_json, grid_dir, every_n_val_runs, seed, log_prefix
         self.reconstruction_ceiling = reconstruction_ceiling
-        if reconstruction_ceiling and (task != "c2i" or reference_shards is None):
-            raise ValueError("reconstruction_ceiling needs task='c2i' and reference_shards (real test images)")
+        if reconstruction_ceiling and (task == "t2v" or reference_shards is None):
+            raise ValueError("reconstruction_ceiling needs real reference media to reconstruct: task 'c2i', 't2i' or "
+                             "'i2v' with reference_shards (t2v samples have no real counterpart)")
         self._judge: SampleJudge | None = None
         self.runs = 0
 
@@ -161,7 +164,7 @@ class ClassifierSampleMetrics(pl.Callback):
             if position == 0:
                 self._log_grid(trainer, stage, torch.cat(kept), requests)
         if self.reconstruction_ceiling:
-            results[0].update(self._reconstructions(pl_module, judge))
+            results[0].update(self.reconstruction_scores(pl_module))
         pl_module.train(was_training)
         for key, value in results[0].items():
             if isinstance(value, (int, float)) and key != "seconds":
@@ -173,17 +176,23 @@ class ClassifierSampleMetrics(pl.Callback):
         return results
 
     @torch.no_grad()
-    def _reconstructions(self, pl_module, judge: SampleJudge) -> dict:
-        """Judge tokenizer reconstructions of the real reference images (encode → labels → decode, as samples are)."""
+    def reconstruction_scores(self, pl_module) -> dict:
+        """Judge the tokenizer's reconstructions of the real reference media (`pl_module.reconstruct_media`: encode →
+        labels → decode, as samples are) exactly as samples are judged; every score prefixed "reconstruction_"."""
+        judge = self._make_judge(pl_module.device)
         judge.reset()
-        for batch in iterate_real(self.reference_shards, "image", self.resolution, batch_size=self.batch_size,
-                                  limit=self.reference_limit):  # fmt: skip
-            labels = pl_module.model_labels(pl_module.index_labels({"pixels": batch["pixels"].to(pl_module.device)}))
-            judge.update_images(pl_module.decode(labels), batch["cls"])
+        if self.task == "i2v":  # the clips whose first frames condition I2V, judged on the frames after the first
+            for batch in iterate_real(self.reference_shards, "video", self.resolution, self.frames, batch_size=self.batch_size,
+                                      limit=self.per_condition):  # fmt: skip
+                directions = [caption_direction(c) for c in batch["caption"]]
+                judge.update_clips(pl_module.reconstruct_media(batch["pixels"]), batch["cls"], directions, skip_first=True)
+        else:
+            for batch in iterate_real(self.reference_shards, "image", self.resolution, batch_size=self.batch_size,
+                                      limit=self.reference_limit):  # fmt: skip
+                judge.update_images(pl_module.reconstruct_media(batch["pixels"]), batch["cls"])
         scores = judge.compute()
         judge.reset()
-        return {"reconstruction_class_accuracy": scores["class_accuracy"],
-                "reconstruction_frechet_distance": scores.get("frechet_distance"), "reconstruction_count": scores["num_images"]}
+        return {f"reconstruction_{key}": value for key, value in scores.items()}
 
     def _log_grid(self, trainer: pl.Trainer, stage: str, media: torch.Tensor, requests: list[dict]) -> None:
         """Images: one row per class. Clips: one row per clip (first 10 clips), one column per frame."""

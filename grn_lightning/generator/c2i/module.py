@@ -208,6 +208,11 @@ class C2IModule(GeneratorModule):
         return images[:, :, 0].float().clamp(-1, 1)
 
     @torch.no_grad()
+    def reconstruct_media(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Real images [B, 3, 1, H, W] → encode → this variant's labels → decode, as samples are: [B, 3, H, W]."""
+        return self.decode(self.model_labels(self.index_labels({"pixels": pixels.to(self.device)})))
+
+    @torch.no_grad()
     def sample_images(self, class_ids: torch.Tensor, generator: torch.Generator | None = None, **overrides):
         """`GenerationMetrics` entry: images [B, 3, H, W] in [-1, 1] for `class_ids` (EMA weights)."""
         return self.decode(self.sample_labels(class_ids, generator, **overrides).labels)

@@ -337,6 +337,13 @@ class T2XModule(GeneratorModule):
         return tokenizer.detokenize(self.layout.to_index_labels(tokens.to(self.device), grid)).float().clamp(-1, 1)
 
     @torch.no_grad()
+    def reconstruct_media(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Real media [B, 3, T, H, W] → encode → labels → decode, as samples are: [B, 3, T, H, W] in [-1, 1]."""
+        index = self.index_labels({"pixels": pixels.to(self.device)})
+        grid = tuple(index.shape[2:])
+        return self.decode(self.layout.to_tokens(index).reshape(len(index), -1, self.model.groups), grid)
+
+    @torch.no_grad()
     def sample_media(
         self, captions: list[str], height: int, width: int, frames: int = 1, task: str | None = None,
         first_frame: torch.Tensor | None = None, seeds: list[int] | None = None, **overrides,
