@@ -93,12 +93,14 @@ def _ckpt(out: Path, name: str) -> Path:
     return out / name / "tb" / "fit" / "checkpoints" / "last.ckpt"
 
 
-def _judge(task: str, out: Path, s: dict, reference: str | None, sweep: list[dict] | None = None, name: str = "") -> dict:
+def _judge(task: str, out: Path, s: dict, reference: str | None, sweep: list[dict] | None = None, name: str = "",
+           ceiling: bool = False) -> dict:  # fmt: skip
+    """ClassifierSampleMetrics callback config; ceiling: also judge the tokenizer's reconstructions of `reference`."""
     init = {"classifier": str(out / "classifier.pt"), "task": task, "batch_size": s["judge_batch"],
             "samples_per_condition": s["i2v_clips"] if task == "i2v" else s["samples_per_condition"],
             "reference_shards": reference, "reference_limit": s["reference_limit"], "sweep": sweep,
             "output_json": str(out / "results" / f"{name or task}.json"), "grid_dir": str(out / "grids" / (name or task)),
-            "every_n_val_runs": 0, "log_prefix": name or task}  # fmt: skip
+            "every_n_val_runs": 0, "log_prefix": name or task, "reconstruction_ceiling": ceiling}  # fmt: skip
     return {"class_path": "grn_lightning.eval.classifier_metrics.ClassifierSampleMetrics", "init_args": init}
 
 
@@ -108,6 +110,11 @@ def _judge(task: str, out: Path, s: dict, reference: str | None, sweep: list[dic
 CHAINS = (("classifier", "tokenizer", "tokens", "c2i"), ("t2x",), ("ablation/0",), ("ablation/1",))
 ABLATION = ((("tokenizer_m2", "tokenizer_m2.yaml"), ("tokenizer_m8", "tokenizer_m8.yaml")),
             (("tokenizer_m4", None), ("tokenizer_continuous", "tokenizer_continuous.yaml")))  # fmt: skip
+
+
+def _stage(item: str) -> str:
+    """The stage a chain item runs: "ablation/1" -> "ablation"."""
+    return item.split("/")[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     s, out = SETTINGS[args.setting], Path(args.out).resolve()
     stages = args.stages.split(",")
-    unknown = sorted(set(stages) - {"data", "report", *(item.split("/")[0] for chain in CHAINS for item in chain)})
+    unknown = sorted(set(stages) - {"data", "report", *(_stage(item) for chain in CHAINS for item in chain)})
     if unknown:
         parser.error(f"unknown stages {unknown}")
     runner = Runner(out, s, args.force, args.jobs or s["jobs"])
@@ -188,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         "init_args": {"save_last": True}}, grid])),
                        _ckpt(out, name))  # fmt: skip
             sweep = [entry for _, _, entry in sweep_entries(s)] if variant == "ind" else [{}]
-            judge = _judge("c2i", out, s, patterns["images-test"], sweep, name)
-            judge["init_args"]["reconstruction_ceiling"] = variant == "ind"  # what the judge makes of the tokenizer's own output
+            # ceiling: what the judge makes of the tokenizer's own output (once: both variants share the tokenizer)
+            judge = _judge("c2i", out, s, patterns["images-test"], sweep, name, ceiling=variant == "ind")
             runner.run(f"{name}_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, name)),
                                             "--trainer.limit_test_batches", "2", "--trainer.logger.init_args.version", "test",
                                             "--trainer.callbacks", json.dumps([judge])),
@@ -203,11 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         runner.run("t2x_fit", _grn("fit", *common, "--trainer.max_steps", str(s["t2x_steps"]),
                                    "--trainer.val_check_interval", str(s["t2x_steps"] // 2),
                                    "--trainer.logger.init_args.version", "fit"), _ckpt(out, "t2x"))  # fmt: skip
-        judges = [_judge("t2i", out, s, patterns["images-test"], s["t2x_sweep"]),
+        judges = [_judge("t2i", out, s, patterns["images-test"], s["t2x_sweep"], ceiling=True),
                   _judge("t2v", out, {**s, "samples_per_condition": s["t2v_per_condition"]}, None, s["t2x_sweep"]),
-                  _judge("i2v", out, s, patterns["clips-test"], s["t2x_sweep"])]  # fmt: skip
-        for judge in judges[::2]:  # t2i, i2v: what the judge makes of the joint tokenizer's own output
-            judge["init_args"]["reconstruction_ceiling"] = True
+                  _judge("i2v", out, s, patterns["clips-test"], s["t2x_sweep"], ceiling=True)]  # fmt: skip
         runner.run("t2x_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, "t2x")), "--trainer.limit_test_batches", "2",
                                     "--trainer.logger.init_args.version", "test", "--trainer.callbacks", json.dumps(judges)),
                    out / "results" / "i2v.json")  # fmt: skip
@@ -217,13 +222,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_chain(chain: tuple[str, ...]) -> None:
         for item in chain:
-            stage, *part = item.split("/")
-            if stage in stages:
-                stage_functions[stage](*part)
+            if _stage(item) in stages:
+                stage_functions[_stage(item)](*item.split("/")[1:])
 
     started = time.time()
     with ThreadPoolExecutor(max_workers=runner.jobs) as pool:
-        futures = [pool.submit(run_chain, chain) for chain in CHAINS if {item.split("/")[0] for item in chain} & set(stages)]
+        futures = [pool.submit(run_chain, chain) for chain in CHAINS if {_stage(item) for item in chain} & set(stages)]
         failures = [str(f.exception()) for f in futures if f.exception() is not None]
     if failures:
         raise SystemExit("\n\n".join(failures))

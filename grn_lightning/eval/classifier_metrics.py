@@ -184,8 +184,9 @@ class ClassifierSampleMetrics(pl.Callback):
         if self.task == "i2v":  # the clips whose first frames condition I2V, judged on the frames after the first
             for batch in iterate_real(self.reference_shards, "video", self.resolution, self.frames, batch_size=self.batch_size,
                                       limit=self.per_condition):  # fmt: skip
+                classes = torch.tensor([caption_class(c) for c in batch["caption"]])  # as _i2v_requests asks for them
                 directions = [caption_direction(c) for c in batch["caption"]]
-                judge.update_clips(pl_module.reconstruct_media(batch["pixels"]), batch["cls"], directions, skip_first=True)
+                judge.update_clips(pl_module.reconstruct_media(batch["pixels"]), classes, directions, skip_first=True)
         else:
             for batch in iterate_real(self.reference_shards, "image", self.resolution, batch_size=self.batch_size,
                                       limit=self.reference_limit):  # fmt: skip
