@@ -9,6 +9,7 @@ tokenizer now trains 600 steps to leave more room under the 10 minutes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -53,3 +54,40 @@ def test_reduced_reproduction_learns(tmp_path):
     assert bit[0]["class_accuracy"] >= 0.25, bit[0]
     assert all(row["num_images"] == 50 for row in ind)  # every sweep entry judged its 5 samples per class
     assert (out / "report" / "tables.md").read_text().count("|") > 50
+
+
+def _repro_module():
+    spec = importlib.util.spec_from_file_location("repro_tool", ROOT / "tools" / "repro.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_interrupted_fit_resumes_from_its_last_checkpoint_and_a_finished_one_is_skipped(tmp_path, monkeypatch):
+    """make repro after a crash: last.ckpt exists (written every 200 steps) but the fit never exited 0, so the fit
+    must run again from that checkpoint, neither be taken for finished nor start from step 0."""
+    repro = _repro_module()
+    commands: list[list[str]] = []
+    exits = iter([1, 0])  # the first fit is preempted, the second (the rerun of make repro) ends normally
+
+    def fake_call(command, **kwargs):
+        commands.append(command)
+        last = tmp_path / "t2x" / "tb" / "fit" / "checkpoints" / "last.ckpt"
+        last.parent.mkdir(parents=True, exist_ok=True)
+        last.write_bytes(b"checkpoint")  # what a real fit leaves behind after 200 steps
+        return next(exits)
+
+    monkeypatch.setattr(repro.subprocess, "call", fake_call)
+    runner = repro.Runner(tmp_path, {"device": "CPU"}, force=False)
+    with pytest.raises(repro.StageFailed, match="t2x_fit failed"):
+        runner.fit("t2x", ["--config", "configs/repro/t2x.yaml"])
+    assert "--ckpt_path" not in commands[0]  # nothing to resume from yet
+    assert not (tmp_path / "t2x" / "fit.done").exists()
+
+    runner.fit("t2x", ["--config", "configs/repro/t2x.yaml"])  # make repro again
+    assert commands[1][-2:] == ["--ckpt_path", str(tmp_path / "t2x" / "tb" / "fit" / "checkpoints" / "last.ckpt")]
+    assert (tmp_path / "t2x" / "fit.done").exists()
+
+    runner.fit("t2x", ["--config", "configs/repro/t2x.yaml"])  # a third time: finished, not run again
+    assert len(commands) == 2
+    assert [json.loads(line)["exit"] for line in (tmp_path / "runs.jsonl").read_text().splitlines()] == [1, 0]

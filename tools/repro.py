@@ -66,6 +66,15 @@ class Runner:
             tail = (self.out / f"{name}.log").read_text().splitlines()[-30:]
             raise StageFailed(f"stage {name} failed (exit {code}); last lines of {self.out / name}.log:\n" + "\n".join(tail))
 
+    def fit(self, name: str, args: list[str]) -> None:
+        """`grn fit <args>` of the run whose checkpoints are under out/name, finished once it has exited 0. A fit
+        stopped before (crash, preemption, Ctrl-C) has left a last.ckpt, written every 200 steps: it resumes from
+        there, data stream included, instead of being taken for finished (last.ckpt alone says nothing) or restarted."""
+        done, last = self.out / name / "fit.done", _ckpt(self.out, name)
+        resume = ["--ckpt_path", str(last)] if last.exists() and not done.exists() and not self.force else []
+        self.run(f"{name}_fit", _grn("fit", *args, *resume), done)
+        done.touch()
+
 
 class StageFailed(RuntimeError):
     pass
@@ -153,9 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     def tokenizer(name: str, overlays: list[str], steps: int, extra: list[str] = ()) -> None:
         configs = ["--config", f"{CONFIGS}/tokenizer_image.yaml"] + [a for o in overlays for a in ("--config", f"{CONFIGS}/{o}")]
         common = [*configs, *_run_dir(out, name), *images, *trainer, *s["tokenizer_args"], *extra]
-        runner.run(f"{name}_fit", _grn("fit", *common, "--trainer.max_steps", str(steps),
-                                       "--trainer.val_check_interval", str(steps), "--trainer.logger.init_args.version", "fit"),
-                   _ckpt(out, name))  # fmt: skip
+        runner.fit(name, [*common, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
+                          "--trainer.logger.init_args.version", "fit"])  # fmt: skip
         runner.run(f"{name}_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, name)),
                                         "--trainer.limit_test_batches", str(s["limit_test_batches"]),
                                         "--trainer.logger.init_args.version", "test"),
@@ -188,12 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             steps = s["c2i_steps"] if variant == "ind" else s["c2i_bit_steps"]
             grid = _judge("c2i", out, {**s, "samples_per_condition": 4}, None, None, f"{name}_train")
             grid["init_args"].update(every_n_val_runs=1, output_json=None)
-            runner.run(f"{name}_fit", _grn("fit", *common, "--trainer.max_steps", str(steps),
-                                           "--trainer.val_check_interval", str(steps // 2),
-                                           "--trainer.logger.init_args.version", "fit", "--trainer.callbacks",
-                                           json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                                        "init_args": {"save_last": True}}, grid])),
-                       _ckpt(out, name))  # fmt: skip
+            runner.fit(name, [*common, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps // 2),
+                              "--trainer.logger.init_args.version", "fit", "--trainer.callbacks",
+                              json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                           "init_args": {"save_last": True}}, grid])])  # fmt: skip
             sweep = [entry for _, _, entry in sweep_entries(s)] if variant == "ind" else [{}]
             # ceiling: what the judge makes of the tokenizer's own output (once: both variants share the tokenizer)
             judge = _judge("c2i", out, s, patterns["images-test"], sweep, name, ceiling=variant == "ind")
@@ -207,9 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer("tokenizer_video", ["tokenizer_video.yaml"], s["video_tokenizer_steps"], video)
         common = ["--config", f"{CONFIGS}/t2x.yaml", *_run_dir(out, "t2x"), *images, *video, *trainer, *s["t2x_args"],
                   "--model.init_args.tokenizer_ckpt", str(_ckpt(out, "tokenizer_video"))]  # fmt: skip
-        runner.run("t2x_fit", _grn("fit", *common, "--trainer.max_steps", str(s["t2x_steps"]),
-                                   "--trainer.val_check_interval", str(s["t2x_steps"] // 2),
-                                   "--trainer.logger.init_args.version", "fit"), _ckpt(out, "t2x"))  # fmt: skip
+        runner.fit("t2x", [*common, "--trainer.max_steps", str(s["t2x_steps"]), "--trainer.val_check_interval",
+                           str(s["t2x_steps"] // 2), "--trainer.logger.init_args.version", "fit"])  # fmt: skip
         judges = [_judge("t2i", out, s, patterns["images-test"], s["t2x_sweep"], ceiling=True),
                   _judge("t2v", out, {**s, "samples_per_condition": s["t2v_per_condition"]}, None, s["t2x_sweep"]),
                   _judge("i2v", out, s, patterns["clips-test"], s["t2x_sweep"], ceiling=True)]  # fmt: skip
