@@ -24,18 +24,19 @@ from grn_lightning.eval.real_media import iterate_real
 from grn_lightning.eval.sample_judges import features_frechet
 
 
-def evaluate(model: SmallClassifier, shards: str, limit: int | None, item: int, canvas_item: int) -> tuple[dict, np.ndarray]:
+def evaluate(model: SmallClassifier, shards: str, limit: int | None, item: int, canvas_item: int,
+             device: torch.device) -> tuple[dict, np.ndarray]:  # fmt: skip
     model.eval()
     hits, shifted_hits, features = [], [], []
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for batch in iterate_real(shards, limit=limit):
             images = batch["pixels"][:, :, 0]
-            logits, feats = model(images)
-            hits += (logits.argmax(1) == batch["cls"]).tolist()
-            features.append(feats.numpy())
-            shifted = model(shrink_and_shift(images, item, canvas_item, generator))[0]
-            shifted_hits += (shifted.argmax(1) == batch["cls"]).tolist()
+            logits, feats = model(images.to(device))
+            hits += (logits.argmax(1).cpu() == batch["cls"]).tolist()
+            features.append(feats.cpu().numpy())
+            shifted = model(shrink_and_shift(images, item, canvas_item, generator).to(device))[0]
+            shifted_hits += (shifted.argmax(1).cpu() == batch["cls"]).tolist()
     return {"accuracy": float(np.mean(hits)), "shifted_accuracy": float(np.mean(shifted_hits)), "count": len(hits)}, np.concatenate(features)
 
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canvas-item", type=int, default=28, help="item size in the training images (28 in 32)")
     parser.add_argument("--floor-samples", type=int, default=10000, help="train images in the Fréchet floor")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (make repro REPRO_SETTING=gpu)")
     args = parser.parse_args(argv)
 
     from grn_lightning.data.datamodule import GRNDataModule
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     data = GRNDataModule(kind="image", train_shards=args.train, resolution=32, batch_size=args.batch_size,
                          num_workers=1, shuffle_buffer=2000, random_flip=True, seed=args.seed)  # fmt: skip
     data.setup("fit")
-    model = SmallClassifier(args.num_classes, args.width)
+    device = torch.device(args.device)
+    model = SmallClassifier(args.num_classes, args.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(args.seed)
@@ -74,22 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = batch["pixels"][:, :, 0], batch["cls"]
         half = images.shape[0] // 2
         images = torch.cat([images[:half], shrink_and_shift(images[half:], args.item, args.canvas_item, generator)])
-        loss = torch.nn.functional.cross_entropy(model(images)[0], labels)
+        loss = torch.nn.functional.cross_entropy(model(images.to(device))[0], labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         if step % 100 == 0:
             print(f"step {step} loss {loss.item():.4f}", flush=True)
-    test, test_features = evaluate(model, args.test, None, args.item, args.canvas_item)
-    train, train_features = evaluate(model, args.train, args.floor_samples, args.item, args.canvas_item)
+    test, test_features = evaluate(model, args.test, None, args.item, args.canvas_item, device)
+    train, train_features = evaluate(model, args.train, args.floor_samples, args.item, args.canvas_item, device)
     metrics = {
         "test_accuracy": test["accuracy"], "test_shifted_accuracy": test["shifted_accuracy"], "test_count": test["count"],
         "train_accuracy": train["accuracy"], "frechet_floor_train_vs_test": features_frechet(train_features, test_features),
         "floor_train_count": train["count"], "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
         "train_seconds": round(time.time() - started, 1),
     }  # fmt: skip
-    save_classifier(args.out, model, metrics)
+    save_classifier(args.out, model.cpu(), metrics)
     with open(args.out + ".json", "w") as handle:
         json.dump(metrics, handle, indent=1)
     print(json.dumps(metrics, indent=1))
