@@ -20,19 +20,19 @@ _CPU = {
 SETTINGS: dict[str, dict] = {
     "cpu": _CPU,
     # One GPU, four chains side by side (the models are small: each process leaves the GPU idle between kernels);
-    # sized to end in about 20 minutes on one H200 (docs/REPRODUCTION.md gives the measured time).
+    # sized to end in under 20 minutes on one H200 (docs/REPRODUCTION.md gives the measured time).
     "gpu": {
         **_CPU, "device": "1 GPU", "device_name": "cuda", "jobs": 4,
         "trainer": ["--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed", "--data.num_workers", "3"],
         "train_clips": 12000, "test_clips": 1000,
         "classifier_args": ["--steps", "3000", "--batch-size", "256", "--width", "32", "--device", "cuda"],
-        "tokenizer_steps": 6000, "video_tokenizer_steps": 5000, "limit_test_batches": 1000, "ablation_steps": 3000,
+        "tokenizer_steps": 5000, "video_tokenizer_steps": 4000, "limit_test_batches": 1000, "ablation_steps": 2500,
         "tokenizer_args": ["--data.batch_size", "64", "--data.video_batch_size", "8"],  # same architectures as the CPU's
-        "c2i_steps": 6000, "c2i_bit_steps": 6000,
+        "c2i_steps": 5000, "c2i_bit_steps": 5000,
         "c2i_args": ["--model.init_args.transformer.init_args.size", "B", "--model.init_args.optimization.lr", "4.0e-4",
                      "--model.init_args.optimization.warmup_steps", "200",
                      "--model.init_args.optimization.global_batch_size", "256"],
-        "t2x_steps": 8000, "t2x_args": ["--model.init_args.transformer.init_args.size", "GRN0b",
+        "t2x_steps": 6000, "t2x_args": ["--model.init_args.transformer.init_args.size", "GRN0b",
                                         "--model.init_args.optimization.lr", "1.0e-3",
                                         "--model.init_args.optimization.warmup_steps", "200"],
         "samples_per_condition": 100, "judge_batch": 250, "i2v_clips": 500, "t2v_per_condition": 10,
