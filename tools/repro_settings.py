@@ -19,8 +19,8 @@ _CPU = {
 
 SETTINGS: dict[str, dict] = {
     "cpu": _CPU,
-    # One GPU, four chains side by side (the models are small: each process leaves the GPU idle between kernels);
-    # sized to end in under 20 minutes on one H200 (docs/REPRODUCTION.md gives the measured time).
+    # One GPU, four chains side by side (the models are small: each process leaves the GPU idle between kernels).
+    # Aimed at about 20 minutes on one H200; an estimate, not a measurement: docs/REPRODUCTION.md says what has run.
     "gpu": {
         **_CPU, "device": "1 GPU", "device_name": "cuda", "jobs": 4,
         "trainer": ["--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed", "--data.num_workers", "3"],
