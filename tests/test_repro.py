@@ -9,7 +9,6 @@ tokenizer now trains 600 steps to leave more room under the 10 minutes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from grn_lightning.data.fashion_mnist import APT_PACKAGE, DEBIAN_DIR, IDX_FILES
+from tests.test_eval_tools import _load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_PSNR = 22.0  # 24.3 dB measured after 700 steps
@@ -56,17 +56,10 @@ def test_reduced_reproduction_learns(tmp_path):
     assert (out / "report" / "tables.md").read_text().count("|") > 50
 
 
-def _repro_module():
-    spec = importlib.util.spec_from_file_location("repro_tool", ROOT / "tools" / "repro.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_an_interrupted_fit_resumes_from_its_last_checkpoint_and_a_finished_one_is_skipped(tmp_path, monkeypatch):
     """make repro after a crash: last.ckpt exists (written every 200 steps) but the fit never exited 0, so the fit
     must run again from that checkpoint, neither be taken for finished nor start from step 0."""
-    repro = _repro_module()
+    repro = _load_tool("repro")
     commands: list[list[str]] = []
     exits = iter([1, 0])  # the first fit is preempted, the second (the rerun of make repro) ends normally
 

@@ -227,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_chain(chain: tuple[str, ...]) -> None:
         for item in chain:
-            if _stage(item) in stages:
-                stage_functions[_stage(item)](*item.split("/")[1:])
+            stage, *part = item.split("/")
+            if stage in stages:
+                stage_functions[stage](*part)
 
     started = time.time()
     with ThreadPoolExecutor(max_workers=runner.jobs) as pool:

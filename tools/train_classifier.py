@@ -31,11 +31,11 @@ def evaluate(model: SmallClassifier, shards: str, limit: int | None, item: int, 
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for batch in iterate_real(shards, limit=limit):
-            images = batch["pixels"][:, :, 0]
-            logits, feats = model(images.to(device))
+            images = batch["pixels"][:, :, 0].to(device)
+            logits, feats = model(images)
             hits += (logits.argmax(1).cpu() == batch["cls"]).tolist()
             features.append(feats.cpu().numpy())
-            shifted = model(shrink_and_shift(images, item, canvas_item, generator).to(device))[0]
+            shifted = model(shrink_and_shift(images, item, canvas_item, generator))[0]
             shifted_hits += (shifted.argmax(1).cpu() == batch["cls"]).tolist()
     return {"accuracy": float(np.mean(hits)), "shifted_accuracy": float(np.mean(shifted_hits)), "count": len(hits)}, np.concatenate(features)
 
@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         if step >= args.steps:
             break
         batch = data.on_after_batch_transfer(batch, 0)
-        images, labels = batch["pixels"][:, :, 0], batch["cls"]
+        images, labels = batch["pixels"][:, :, 0].to(device), batch["cls"].to(device)
         half = images.shape[0] // 2
         images = torch.cat([images[:half], shrink_and_shift(images[half:], args.item, args.canvas_item, generator)])
-        loss = torch.nn.functional.cross_entropy(model(images.to(device))[0], labels.to(device))
+        loss = torch.nn.functional.cross_entropy(model(images)[0], labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
