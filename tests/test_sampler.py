@@ -12,7 +12,8 @@ import torch
 from grn_lightning.generator.sampling.adaptive import AdaptiveSteps, normalised_entropy
 from grn_lightning.generator.refinement import keep_fractions
 from grn_lightning.generator.sampling import noise
-from grn_lightning.generator.sampling.sampler import RefinementSampler, guided_logits, sample_categorical
+from grn_lightning.generator.sampling.guidance import guided_logits, sample_categorical
+from grn_lightning.generator.sampling.sampler import RefinementSampler
 from grn_lightning.generator.c2i.model import GRNC2ITransformer
 
 

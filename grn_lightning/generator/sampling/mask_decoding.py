@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from grn_lightning.generator.refinement import keep_fractions
-from grn_lightning.generator.sampling.sampler import SELECTIONS, SampleResult, guided_logits, sample_categorical
+from grn_lightning.generator.sampling.guidance import SELECTIONS, SampleResult, guided_logits, model_geometry, sample_categorical
 
 
 class MaskDecodingSampler:
@@ -67,10 +67,7 @@ class MaskDecodingSampler:
         lockstep: Callable[[bool], bool] | None = None,
     ) -> SampleResult:
         """Labels [B, N, G] for `class_ids` [B]; every request makes exactly `steps` forwards."""
-        n = int(num_tokens if num_tokens is not None else model.num_tokens)
-        g = int(groups if groups is not None else model.groups)
-        k = int(classes if classes is not None else model.classes)
-        null = int(null_class if null_class is not None else model.null_class)
+        n, g, k, null = model_geometry(model, num_tokens, groups, classes, null_class)
         device, b = class_ids.device, class_ids.shape[0]
         seed_values = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
         gens = [torch.Generator(device=self.noise_device).manual_seed(int(s)) for s in seed_values]
