@@ -34,7 +34,10 @@ SETTINGS: dict[str, dict] = {
                      "--model.init_args.optimization.global_batch_size", "256"],
         "t2x_steps": 6000, "t2x_args": ["--model.init_args.transformer.init_args.size", "GRN0b",
                                         "--model.init_args.optimization.lr", "1.0e-3",
-                                        "--model.init_args.optimization.warmup_steps", "200"],
+                                        "--model.init_args.optimization.warmup_steps", "200",
+                                        # 4× the CPU's batch (64 images or 16 clips a step) and packed rows to match
+                                        "--data.batch_size", "64", "--data.video_batch_size", "16",
+                                        "--model.init_args.packing.token_budget", "8192"],
         "samples_per_condition": 100, "judge_batch": 250, "i2v_clips": 500, "t2v_per_condition": 10,
     },  # fmt: skip
     "ci": {
