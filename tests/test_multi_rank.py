@@ -370,11 +370,11 @@ def _split_fingerprints(pattern: str, resolution: int) -> dict[str, str]:
     """{pixel fingerprint: key} of every record of a split, decoded alone (and flipped: training may flip)."""
     from grn_lightning.data.records import SampleSpec, decode_record
     from grn_lightning.data.splits import expand_shards
-    from grn_lightning.data.streams import _SkipCounter, iterate_records
+    from grn_lightning.data.streams import SkipCounter, iterate_records
 
     spec = SampleSpec(kind="image", resolution=resolution)
     table = {}
-    for record in iterate_records(expand_shards(pattern), _SkipCounter()):
+    for record in iterate_records(expand_shards(pattern), SkipCounter()):
         sample = decode_record(record, spec, rng=None)
         for pixels in (sample["pixels"], sample["pixels"].flip(-1)):
             table[_fingerprint(pixels)] = sample["key"]
@@ -427,11 +427,11 @@ def test_training_loaders_of_two_ranks_with_two_workers_are_disjoint_and_train_o
 
 def _record_shards(urls: list[str]) -> dict[str, str]:
     """{key: shard} over the training shards (keys are unique within one split)."""
-    from grn_lightning.data.streams import _SkipCounter, iterate_records
+    from grn_lightning.data.streams import SkipCounter, iterate_records
 
     owner = {}
     for url in urls:
-        for record in iterate_records([url], _SkipCounter()):
+        for record in iterate_records([url], SkipCounter()):
             owner[record["__key__"]] = url
     assert len(owner) == 192
     return owner

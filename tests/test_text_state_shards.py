@@ -19,7 +19,7 @@ import tokenize_shards  # noqa: E402
 from grn_lightning.data.buckets import ASPECT_RATIOS, bucket_for_ratio  # noqa: E402
 from grn_lightning.data.datamodule import GRNDataModule  # noqa: E402
 from grn_lightning.data.splits import expand_shards  # noqa: E402
-from grn_lightning.data.streams import _SkipCounter, iterate_records  # noqa: E402
+from grn_lightning.data.streams import SkipCounter, iterate_records  # noqa: E402
 from grn_lightning.data.text_states import decode_text_fields, encode_text_fields  # noqa: E402
 from grn_lightning.generator.t2x.text import UMT5TextEncoder  # noqa: E402
 from grn_lightning.tokenizer.vae import HBQTokenizer  # noqa: E402
@@ -62,7 +62,7 @@ def test_cached_text_bucketed_shards_train_t2x_without_an_encoder(tmp_path, demo
     shard = str(out / Path(first).name)
     encoder = UMT5TextEncoder(**text_init)
     null = encoder.encode([""], "t2i")[0]
-    records = list(iterate_records([shard], _SkipCounter()))
+    records = list(iterate_records([shard], SkipCounter()))
     grids = set()
     for record in records:
         meta = json.loads(record["tokens.json"])

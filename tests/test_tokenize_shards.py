@@ -18,7 +18,7 @@ import tokenize_shards  # noqa: E402
 
 from grn_lightning.data.records import SampleSpec, decode_record  # noqa: E402
 from grn_lightning.data.splits import expand_shards  # noqa: E402
-from grn_lightning.data.streams import _SkipCounter, iterate_records  # noqa: E402
+from grn_lightning.data.streams import SkipCounter, iterate_records  # noqa: E402
 from grn_lightning.data.tokens import decode_token_record  # noqa: E402
 from grn_lightning.tokenizer.vae import HBQTokenizer  # noqa: E402
 
@@ -43,7 +43,7 @@ def tokenizer_files(tmp_path):
 
 
 def _records(url: str) -> list[dict]:
-    return list(iterate_records([url], _SkipCounter()))
+    return list(iterate_records([url], SkipCounter()))
 
 
 def test_tokenize_round_trip_flip_resume_and_datamodule(tmp_path, demo_image_shards, tokenizer_files):

@@ -95,7 +95,9 @@ def _text(record: dict, member: str) -> str | None:
         raise MediaDecodeError(f"{member} member is not UTF-8 text: {err}") from err
 
 
-def _metadata(record: dict, caption_source: str) -> tuple[int, str]:
+def record_labels(record: dict, caption_source: str) -> tuple[int, str]:
+    """(class id or -1, caption) of a raw WebDataset record, read as training reads them (also the preflight's check);
+    raises MediaDecodeError for a malformed json member, class id or caption."""
     meta = {}
     if "json" in record:
         try:
@@ -122,7 +124,7 @@ def _metadata(record: dict, caption_source: str) -> tuple[int, str]:
 
 def decode_record(record: dict, spec: SampleSpec, rng: random.Random | None) -> dict:
     """Raw record -> sample dict. rng is None in evaluation (deterministic: no flip, fixed clip start)."""
-    cls, caption = _metadata(record, spec.caption_source)
+    cls, caption = record_labels(record, spec.caption_source)
     flip = spec.random_flip and rng is not None and rng.random() < 0.5
     if spec.kind == "tokens":
         if "tokens.npy" not in record or "tokens.json" not in record:

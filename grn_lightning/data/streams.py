@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 _MAX_LOGGED_SKIPS = 20  # per reader; the counter keeps counting after that
 
 
-class _SkipCounter:
+class SkipCounter:
     """Counts skipped records of one reader and hands out the count since the last emitted item."""
 
     def __init__(self) -> None:
@@ -47,7 +47,7 @@ class _SkipCounter:
         return pending
 
 
-def iterate_records(urls: list[str], counter: _SkipCounter) -> Iterator[dict]:
+def iterate_records(urls: list[str], counter: SkipCounter) -> Iterator[dict]:
     """Records of the shards in order (webdataset's tar reader; members grouped by key)."""
     return wds.tarfile_to_samples(handler=counter.tar_handler)(iter({"url": u} for u in urls))
 
@@ -84,7 +84,7 @@ class _Reader:
     def __init__(self, stream: TrainStream, slot: ReaderSlot, state: dict | None) -> None:
         self.stream, self.slot = stream, slot
         self.urls, self.sample_split = assign_shards(stream.urls, slot)
-        self.counter = _SkipCounter()
+        self.counter = SkipCounter()
         self.groups: dict[tuple, list[tuple[tuple[int, int], int, dict]]] = {}  # shape -> [(identity, j, sample)]
         self.epoch = self.shard = self.offset = self.index = self.next_j = 0
         self.buffer: list[dict] = []
@@ -208,7 +208,7 @@ class _Reader:
         found = {}
         for number, ordinals in sorted(by_shard.items()):
             last = max(ordinals)
-            for ordinal, record in enumerate(iterate_records([self.urls[number]], _SkipCounter())):
+            for ordinal, record in enumerate(iterate_records([self.urls[number]], SkipCounter())):
                 if ordinal in ordinals:
                     record["__identity__"] = (number, ordinal)
                     found[(number, ordinal)] = record
@@ -303,7 +303,7 @@ class EvalStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         slot = current_slot()
-        counter = _SkipCounter()
+        counter = SkipCounter()
         per_rank = self.per_rank(slot.world_size)
         padding = self.spec.padding_sample(self.token_shape)
 

@@ -17,17 +17,17 @@ RECORDS_READ = 16  # enough to see a labelled shard's labels; a shard labelled o
 
 
 def _first_records(urls: list[str]) -> list[dict]:
-    from grn_lightning.data.streams import _SkipCounter, iterate_records
+    from grn_lightning.data.streams import SkipCounter, iterate_records
 
-    return list(itertools.islice(iterate_records(urls[:1], _SkipCounter()), RECORDS_READ))
+    return list(itertools.islice(iterate_records(urls[:1], SkipCounter()), RECORDS_READ))
 
 
 def _labels(record: dict, caption_source: str) -> tuple[int, str]:
     """(class id or -1, caption or "") as the training reader reads them."""
-    from grn_lightning.data.records import _metadata
+    from grn_lightning.data.records import record_labels
 
     try:
-        return _metadata(record, caption_source)
+        return record_labels(record, caption_source)
     except Exception:  # noqa: BLE001  (a broken record is the reader's business: it is skipped and counted there)
         return -1, ""
 
