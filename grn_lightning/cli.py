@@ -36,7 +36,7 @@ from grn_lightning.training.ckpt_settings import (
     require_checkpoint_file,
 )
 from grn_lightning.training.evaluation_step import EvaluateAtCheckpointStep
-from grn_lightning.training.preemption import PreemptionCheckpoint
+from grn_lightning.training.preemption import FinalCheckpoint, PreemptionCheckpoint
 from grn_lightning.training.preflight import check_training_labels
 from grn_lightning.training.resume import checkpoint_folders, find_last_checkpoint
 
@@ -111,9 +111,9 @@ class GRNCLI(LightningCLI):
         config["ckpt_path"] = str(found) if found is not None else None
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
-        # Always on, whatever callbacks a config lists: save on SIGTERM/SIGUSR1, evaluation at the checkpoint's step,
-        # and a step-counting progress bar unless the bar is off or the config brings its own.
-        extra = [PreemptionCheckpoint(), EvaluateAtCheckpointStep()]
+        # Always on, whatever callbacks a config lists: save on SIGTERM/SIGUSR1 and at the final step, evaluation at the
+        # checkpoint's step, and a step-counting progress bar unless the bar is off or the config brings its own.
+        extra = [PreemptionCheckpoint(), FinalCheckpoint(), EvaluateAtCheckpointStep()]
         listed = config.get("callbacks") or []
         listed = listed if isinstance(listed, list) else [listed]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in listed):
