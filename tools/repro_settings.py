@@ -20,7 +20,8 @@ _CPU = {
 SETTINGS: dict[str, dict] = {
     "cpu": _CPU,
     # One GPU, four chains side by side (the models are small: each process leaves the GPU idle between kernels).
-    # Aimed at about 20 minutes on one H200; an estimate, not a measurement: docs/REPRODUCTION.md says what has run.
+    # Measured on one H100 (docs/REPRODUCTION.md): everything but C2I ran, the T2X chain in 21 minutes; GRN-B C2I
+    # made 0.2 s/step beside the other chains, so its 3,000 + 3,000 steps put the whole run at an estimated 35-40 min.
     "gpu": {
         **_CPU, "device": "1 GPU", "device_name": "cuda", "jobs": 4,
         "trainer": ["--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed", "--data.num_workers", "3"],
@@ -28,7 +29,7 @@ SETTINGS: dict[str, dict] = {
         "classifier_args": ["--steps", "3000", "--batch-size", "256", "--width", "32", "--device", "cuda"],
         "tokenizer_steps": 5000, "video_tokenizer_steps": 4000, "limit_test_batches": 1000, "ablation_steps": 2500,
         "tokenizer_args": ["--data.batch_size", "64", "--data.video_batch_size", "8"],  # same architectures as the CPU's
-        "c2i_steps": 5000, "c2i_bit_steps": 5000,
+        "c2i_steps": 3000, "c2i_bit_steps": 3000,  # batch 256: 13 epochs of the 60,000 training images
         "c2i_args": ["--model.init_args.transformer.init_args.size", "B", "--model.init_args.optimization.lr", "4.0e-4",
                      "--model.init_args.optimization.warmup_steps", "200",
                      "--model.init_args.optimization.global_batch_size", "256"],
