@@ -110,8 +110,9 @@ class _WeightSnapshots(L.Callback):
         self._dump(trainer, pl_module, "end")
 
 
-def _checkpoint_job(phase: str, world: str, out_dir: str) -> None:
-    """phase "save": 2 ranks train STEPS steps and save a sharded checkpoint; "resume": `world` ranks continue it."""
+def _checkpoint_job(phase: str, world: str, out_dir: str, resume_from: str = "") -> None:
+    """phase "save": 2 ranks train STEPS steps and save a sharded checkpoint; "resume": `world` ranks continue it
+    (`resume_from`, default `<out_dir>/sharded.ckpt`)."""
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     torch.set_num_threads(1)
@@ -125,7 +126,7 @@ def _checkpoint_job(phase: str, world: str, out_dir: str) -> None:
     )  # fmt: skip
     sharded = os.path.join(out_dir, "sharded.ckpt")
     loader = torch.utils.data.DataLoader(_token_batches(), batch_size=None)
-    trainer.fit(_tiny_c2i(), loader, ckpt_path=sharded if phase == "resume" else None)
+    trainer.fit(_tiny_c2i(), loader, ckpt_path=(resume_from or sharded) if phase == "resume" else None)
     if phase == "save":
         trainer.save_checkpoint(sharded)
 
@@ -553,7 +554,40 @@ def test_tokenizer_ddp_ranks_hold_identical_weights_after_every_step(tmp_path):
         assert len({row[net] for row in r0["rows"]}) == steps + 1, net
 
 
-JOBS = {"checkpoint": _checkpoint_job, "generation": _generation_job, "tokenizer": _tokenizer_job}
+def _final_checkpoint_job(out_dir: str) -> None:
+    """2 FSDP2 ranks, a sharded `last.ckpt` every 2 steps, 3 steps: FinalCheckpoint (always on in `grn fit`) rewrites
+    the folder at step 3; the weights at train end are dumped for comparison."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from grn_lightning.training.preemption import FinalCheckpoint
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=True)
+    checkpoint = ModelCheckpoint(dirpath=out_dir, every_n_train_steps=2, save_last=True, save_top_k=0)
+    trainer = _quiet_trainer(out_dir, devices=2, strategy=strategy, max_steps=3, enable_checkpointing=True,
+                             callbacks=[checkpoint, FinalCheckpoint(), _WeightSnapshots(out_dir, "final")])  # fmt: skip
+    trainer.fit(_tiny_c2i(), torch.utils.data.DataLoader(_token_batches(), batch_size=None))
+
+
+@pytest.mark.timeout(300)
+def test_final_checkpoint_rewrites_a_sharded_last_ckpt_at_the_final_step(tmp_path):
+    """FSDP2 (sharded folder checkpoints, every rank writes): `last.ckpt` saved at step 2 is rewritten at step 3, and
+    resuming it on one rank restores the weights the two ranks ended with."""
+    _run_job("final", str(tmp_path))
+    last = tmp_path / "last.ckpt"
+    assert sorted(p.name for p in last.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    assert torch.load(last / "meta.pt", weights_only=False)["global_step"] == 3
+    _run_job("checkpoint", "resume", "1", str(tmp_path), str(last))
+    ended = _load(tmp_path, "final-end-rank0.pt")["weights"]
+    restored = _load(tmp_path, "resume1-start-rank0.pt")["weights"]
+    for name, value in ended.items():
+        torch.testing.assert_close(restored[name], value, rtol=0, atol=0, msg=f"{name} not restored from last.ckpt")
+
+
+JOBS = {"checkpoint": _checkpoint_job, "generation": _generation_job, "tokenizer": _tokenizer_job,
+        "final": _final_checkpoint_job}
 
 if __name__ == "__main__":
     JOBS[sys.argv[1]](*sys.argv[2:])
