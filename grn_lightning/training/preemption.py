@@ -32,12 +32,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
+def _last_in_folder(callback: ModelCheckpoint) -> Path:
+    return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+
+
 def preemption_checkpoint_path(trainer: L.Trainer) -> Path:
     """`last.ckpt` in the first ModelCheckpoint's folder, else `<default_root_dir>/checkpoints/last.ckpt` (both are
     searched by `--ckpt_path last`)."""
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-            return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+            return _last_in_folder(callback)
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
@@ -94,8 +98,7 @@ class FinalCheckpoint(Callback):
             # the step of its last save: Lightning keeps it in a private field (no public equivalent in 2.x)
             if getattr(callback, "_last_global_step_saved", -1) == trainer.global_step:
                 continue
-            default = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-            path = Path(callback.last_model_path or default)
+            path = Path(callback.last_model_path or _last_in_folder(callback))
             trainer.save_checkpoint(path, weights_only=callback.save_weights_only)  # every rank: sharded states
             callback.last_model_path = str(path)
             rank_zero_info(f"Saved {path} at the final step {trainer.global_step}")
