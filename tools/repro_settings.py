@@ -26,7 +26,8 @@ SETTINGS: dict[str, dict] = {
         **_CPU, "device": "1 GPU", "device_name": "cuda", "jobs": 4,
         "trainer": ["--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed", "--data.num_workers", "3"],
         "train_clips": 12000, "test_clips": 1000,
-        "classifier_args": ["--steps", "3000", "--batch-size", "256", "--width", "32", "--device", "cuda"],
+        "classifier_args": ["--steps", "3000", "--batch-size", "256", "--width", "32", "--device", "cuda",
+                            "--num-workers", "6"],  # one loader kept the H100 run's classifier at 441 s
         "tokenizer_steps": 5000, "video_tokenizer_steps": 4000, "limit_test_batches": 1000, "ablation_steps": 2500,
         "tokenizer_args": ["--data.batch_size", "64", "--data.video_batch_size", "8"],  # same architectures as the CPU's
         "c2i_steps": 3000, "c2i_bit_steps": 3000,  # batch 256: 13 epochs of the 60,000 training images

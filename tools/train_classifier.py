@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor-samples", type=int, default=10000, help="train images in the Fréchet floor")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (make repro REPRO_SETTING=gpu)")
+    parser.add_argument("--num-workers", type=int, default=1,
+                        help="loader processes (a GPU step of this small network waits on one: use several there)")
     args = parser.parse_args(argv)
 
     from grn_lightning.data.datamodule import GRNDataModule
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     started = time.time()
     data = GRNDataModule(kind="image", train_shards=args.train, resolution=32, batch_size=args.batch_size,
-                         num_workers=1, shuffle_buffer=2000, random_flip=True, seed=args.seed)  # fmt: skip
+                         num_workers=args.num_workers, shuffle_buffer=2000, random_flip=True, seed=args.seed)  # fmt: skip
     data.setup("fit")
     device = torch.device(args.device)
     model = SmallClassifier(args.num_classes, args.width).to(device)
