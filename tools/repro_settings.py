@@ -9,7 +9,7 @@ _CPU = {
     "device": "CPU (2 cores)", "device_name": "cpu", "trainer": [], "jobs": 2,
     "train_clips": 6000, "test_clips": 1000, "max_train_images": None,
     "classifier_args": ["--steps", "2400", "--batch-size", "64", "--width", "16"],
-    "tokenizer_steps": 2000, "video_tokenizer_steps": 2400, "tokenizer_args": [], "limit_test_batches": 40,
+    "tokenizer_steps": 2000, "video_tokenizer_steps": 3000, "tokenizer_args": [], "limit_test_batches": 40,
     "ablation_steps": 1000, "c2i_bit_steps": 2000,
     "c2i_steps": 2000, "c2i_args": [], "t2x_steps": 5000, "t2x_args": [],
     "samples_per_condition": 10, "judge_batch": 50, "reference_limit": 10000, "i2v_clips": 50,
