@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from grn_lightning.data.fashion_mnist import APT_PACKAGE, DEBIAN_DIR, IDX_FILES
 from tests.test_eval_tools import _load_tool
@@ -84,3 +85,20 @@ def test_an_interrupted_fit_resumes_from_its_last_checkpoint_and_a_finished_one_
     runner.fit("t2x", ["--config", "configs/repro/t2x.yaml"])  # a third time: finished, not run again
     assert len(commands) == 2
     assert [json.loads(line)["exit"] for line in (tmp_path / "runs.jsonl").read_text().splitlines()] == [1, 0]
+
+
+@pytest.mark.parametrize("grid, count", [((5, 8, 8), 4), ((1, 8, 8), 16)])
+def test_the_t2x_recipe_packs_every_sample_of_its_batches(grid, count):
+    """configs/repro/t2x.yaml packs short rows (attention work grows with the row): a batch of 4 clips (17 frames at
+    32², stride 4 x 4: 5 x 8 x 8 latent tokens, I2V or not) or 16 images must pack whole even with captions at the
+    text encoder's full length, else training silently loses samples (train/dropped_samples)."""
+    from grn_lightning.generator.t2x.bucket_packing import plan_bucket
+
+    init = yaml.safe_load((ROOT / "configs" / "repro" / "t2x.yaml").read_text())["model"]["init_args"]
+    packing, text = init["packing"], init["text_encoder"]["init_args"]["max_length"]
+    i2v = [grid[0] > 1 and i % 2 == 0 for i in range(count)]
+    plan = plan_bucket(grid, [text] * count, i2v, [None] * count, packing["token_budget"], packing["max_fraction"],
+                       pad_multiple=packing["pad_multiple"])  # fmt: skip
+    assert plan.dropped == [] and len(plan.kept_indices) == count
+    if grid[0] > 1:  # 320 + 48 + 1 = 369 tokens a clip: one clip per row, the short rows the recipe is after
+        assert plan.rows == count
