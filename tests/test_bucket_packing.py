@@ -91,3 +91,14 @@ def test_plan_errors_and_max_rows():
     capped = _plan(max_rows=1, pad_to_budget=True)
     assert capped.rows == 1 and capped.length == 80 and 1 in capped.dropped
     assert sum(capped.lengths) <= 80 and capped.kept_indices[0] == 0
+
+
+def test_attention_fill_counts_the_scores_that_pair_tokens_of_one_sample():
+    """Worked by hand: 2×2 images with texts of 3, 1, 2 tokens are 8, 6 and 7 packed tokens; next-fit into 16-token
+    rows gives rows [8, 6] and [7], padded to the longest row, 14. A dense masked kernel computes 2 · 14² scores, of
+    which 8² + 6² + 7² pair tokens of one sample: 149 / 392."""
+    plan = plan_bucket((1, 2, 2), [3, 1, 2], [False] * 3, [1.0] * 3, budget=16, max_fraction=1.0)
+    assert (plan.rows, plan.length, plan.lengths) == (2, 14, [8, 6, 7])
+    assert plan.attention_fill == pytest.approx(149 / 392)
+    alone = plan_bucket((1, 2, 2), [3, 3], [False] * 2, [1.0] * 2, budget=8, max_fraction=1.0)
+    assert alone.attention_fill == 1.0  # one sample a row, no padding: nothing wasted

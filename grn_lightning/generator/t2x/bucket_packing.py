@@ -54,6 +54,12 @@ class BucketPlan:
     dropped: list[int]  # indices (in the planned list) dropped for length or rows
     lengths: list[int]  # packed tokens of each packed sample (host facts for logging)
 
+    @property
+    def attention_fill(self) -> float:
+        """Share of the rows' L × L attention scores that pair two tokens of one sample: what a dense masked kernel
+        (SDPA) computes usefully. Rows holding many short samples waste the rest (flex_attention skips most of it)."""
+        return sum(n * n for n in self.lengths) / (self.rows * self.length**2)
+
     def to(self, device: torch.device | str) -> BucketPlan:
         """Pinned, non-blocking copies to `device` (plain `.to` on CPU)."""
         cuda = torch.device(device).type == "cuda"

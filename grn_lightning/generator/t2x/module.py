@@ -9,8 +9,9 @@
 A batch of the data module holds one bucket (one T' × h × w), images or videos; `task="auto"` trains images as T2I
 and videos as T2V, or as I2V with probability `i2v_probability`. The host plans the packing from integer lengths
 (greedy next-fit into rows of `token_budget` tokens; samples over `max_fraction` of it are dropped and counted,
-`train/dropped_samples`); corruption, placement and the ratio token run on the device (t2x/bucket_packing.py), and
-the step reads nothing back from the device. With token shards that carry text states (tools/tokenize_shards.py
+`train/dropped_samples`; `train/attention_fill` is the share of a dense kernel's attention scores that pair tokens
+of one sample); corruption, placement and the ratio token run on the device (t2x/bucket_packing.py), and the step
+reads nothing back from the device. With token shards that carry text states (tools/tokenize_shards.py
 --text-encoder-config) no text encoder runs at all.
 
 Sampling (`sample_labels` / `sample_media`) reuses the refinement sampler through `PromptConditions`
@@ -258,6 +259,7 @@ class T2XModule(GeneratorModule):
         used = sum(plan.lengths)
         packed.frames, packed.i2v_fraction = frames, tasks.count("i2v") / max(1, len(tasks))
         packed.row_fill = used / (plan.rows * plan.length)
+        packed.attention_fill = plan.attention_fill
         return packed
 
     # -- training -----------------------------------------------------------------------------------------
@@ -285,6 +287,8 @@ class T2XModule(GeneratorModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=samples)
         self._log_host("train/dropped_samples", packed.num_dropped, samples)
         self._log_host("train/row_fill", packed.row_fill, samples)
+        # low with attention "sdpa" and rows of many short samples: lower model.packing.token_budget or use "flex"
+        self._log_host("train/attention_fill", packed.attention_fill, samples)
         # the batch's latent frames (1 = images) and I2V share: what the mixed image/video stream actually fed
         self._log_host("train/latent_frames", packed.frames, samples)
         self._log_host("train/i2v_fraction", packed.i2v_fraction, samples)
