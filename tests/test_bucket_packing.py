@@ -100,5 +100,6 @@ def test_attention_fill_counts_the_scores_that_pair_tokens_of_one_sample():
     plan = plan_bucket((1, 2, 2), [3, 1, 2], [False] * 3, [1.0] * 3, budget=16, max_fraction=1.0)
     assert (plan.rows, plan.length, plan.lengths) == (2, 14, [8, 6, 7])
     assert plan.attention_fill == pytest.approx(149 / 392)
+    assert plan.row_fill == pytest.approx(21 / 28)  # 8 + 6 + 7 sample tokens in 2 rows of 14
     alone = plan_bucket((1, 2, 2), [3, 3], [False] * 2, [1.0] * 2, budget=8, max_fraction=1.0)
     assert alone.attention_fill == 1.0  # one sample a row, no padding: nothing wasted

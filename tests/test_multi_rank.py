@@ -110,15 +110,20 @@ class _WeightSnapshots(L.Callback):
         self._dump(trainer, pl_module, "end")
 
 
-def _checkpoint_job(phase: str, world: str, out_dir: str, resume_from: str = "") -> None:
-    """phase "save": 2 ranks train STEPS steps and save a sharded checkpoint; "resume": `world` ranks continue it
-    (`resume_from`, default `<out_dir>/sharded.ckpt`)."""
+def _sharded_job_setup(ranks: int):
+    """One thread, seed 0, and the FSDP2 strategy over `ranks` data-parallel ranks that saves sharded checkpoints."""
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    return ModelParallelStrategy(data_parallel_size=ranks, tensor_parallel_size=1, save_distributed_checkpoint=True)
+
+
+def _checkpoint_job(phase: str, world: str, out_dir: str, resume_from: str = "") -> None:
+    """phase "save": 2 ranks train STEPS steps and save a sharded checkpoint; "resume": `world` ranks continue it
+    (`resume_from`, default `<out_dir>/sharded.ckpt`)."""
     ranks = int(world)
-    strategy = ModelParallelStrategy(data_parallel_size=ranks, tensor_parallel_size=1, save_distributed_checkpoint=True)
+    strategy = _sharded_job_setup(ranks)
     tag = f"{phase}{ranks}"
     trainer = _quiet_trainer(
         out_dir, devices=ranks, strategy=strategy, max_steps=STEPS * (1 if phase == "save" else 2),
@@ -558,13 +563,10 @@ def _final_checkpoint_job(out_dir: str) -> None:
     """2 FSDP2 ranks, a sharded `last.ckpt` every 2 steps, 3 steps: FinalCheckpoint (always on in `grn fit`) rewrites
     the folder at step 3; the weights at train end are dumped for comparison."""
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.strategies import ModelParallelStrategy
 
     from grn_lightning.training.preemption import FinalCheckpoint
 
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=True)
+    strategy = _sharded_job_setup(2)
     checkpoint = ModelCheckpoint(dirpath=out_dir, every_n_train_steps=2, save_last=True, save_top_k=0)
     trainer = _quiet_trainer(out_dir, devices=2, strategy=strategy, max_steps=3, enable_checkpointing=True,
                              callbacks=[checkpoint, FinalCheckpoint(), _WeightSnapshots(out_dir, "final")])  # fmt: skip

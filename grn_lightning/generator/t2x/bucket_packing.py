@@ -55,6 +55,11 @@ class BucketPlan:
     lengths: list[int]  # packed tokens of each packed sample (host facts for logging)
 
     @property
+    def row_fill(self) -> float:
+        """Share of the rows' tokens that belong to samples (the rest is padding)."""
+        return sum(self.lengths) / (self.rows * self.length)
+
+    @property
     def attention_fill(self) -> float:
         """Share of the rows' L × L attention scores that pair two tokens of one sample: what a dense masked kernel
         (SDPA) computes usefully. Rows holding many short samples waste the rest (flex_attention skips most of it)."""

@@ -256,10 +256,8 @@ class T2XModule(GeneratorModule):
         keep_probability = self.ratio.sample(count_all, device=self.device, generator=device_generator)
         packed = pack_bucket(plan.to(self.device), tokens, texts, keep_probability, self.model.classes, device_generator)
         # host-side facts for logging (no device read): the batch's latent frames, I2V share and row fill
-        used = sum(plan.lengths)
         packed.frames, packed.i2v_fraction = frames, tasks.count("i2v") / max(1, len(tasks))
-        packed.row_fill = used / (plan.rows * plan.length)
-        packed.attention_fill = plan.attention_fill
+        packed.row_fill, packed.attention_fill = plan.row_fill, plan.attention_fill
         return packed
 
     # -- training -----------------------------------------------------------------------------------------
