@@ -72,6 +72,18 @@ def test_mlp_width_rule():
     assert [qwen_mlp_hidden(GRN_T2X[s].width, GRN_T2X[s].mlp_ratio) for s in ("GRN0b", "GRN2b", "GRN8b")] == [1792, 8192, 12288]
 
 
+def test_small_size_of_the_cpu_reproduction_counted_by_hand():
+    # configs/repro/t2x.yaml: 4 blocks of width 192, 3 heads of 64, MLP round(384 / 256) * 256 = 512; bit layout of
+    # the joint tokenizer (C = 16, M = 4: 64 bits x 2 = 128 one-hot inputs), text width 64.
+    block = 4 * 192 * 192 + 2 * 64 + 3 * 192 * 512 + 2 * 192  # q k v o, q/k norms, gate up down, two RMSNorms
+    embeddings = (128 * 192 + 192) + (64 * 192 + 192)  # word_embed, text_proj (with biases)
+    ratio = (256 * 192 + 192) + (192 * 192 + 192)  # pt_embedder MLP on the 256-wide sinusoid
+    head = 192 + (192 * 128 + 128)  # RMSNorm + projection
+    model = GRNT2XTransformer(size="small", variant="bit", channels=16, rounds=4, text_dim=64)
+    assert (model.depth, model.width, model.heads, model.head_dim, model.mlp_hidden) == (4, 192, 3, 64, 512)
+    assert sum(p.numel() for p in model.parameters()) == 4 * block + embeddings + ratio + head == 1_920_064
+
+
 def test_no_biases_in_blocks_and_qk_norm_per_head():
     with torch.device("meta"):
         model = GRNT2XTransformer(size="GRN0b")

@@ -53,6 +53,9 @@ class T2XSize:
 
 GRN_T2X: dict[str, T2XSize] = {
     "tiny": T2XSize(depth=2, width=256, heads=2, mlp_ratio=2.0),
+    # the CPU reproduction's T2X (configs/repro/t2x.yaml): twice tiny's depth, 64-wide heads; MLP 512 (the rule's
+    # rounding of 384). On the CPU recipe it kept clips more consistent than tiny (docs/REPRODUCTION.md)
+    "small": T2XSize(depth=4, width=192, heads=3, mlp_ratio=2.0, head_dim=64),
     "GRN0b": T2XSize(depth=4, width=512, heads=4, mlp_ratio=3.55, release_chunks=2),  # MLP 1792
     "GRN2b": T2XSize(depth=28, width=2304, heads=18, mlp_ratio=3.55, release_chunks=7),  # MLP 8192
     "GRN8b": T2XSize(depth=36, width=4096, heads=32, mlp_ratio=3.0, release_chunks=6),  # MLP 12288
@@ -257,7 +260,7 @@ class GRNT2XTransformer(nn.Module):
     """GRN T2I/T2V/I2V generator over packed sequences: `forward(**packed.model_inputs()) -> logits [B, L, G, K]`.
 
     Args:
-        size: key of `GRN_T2X` ("tiny", "GRN0b", "GRN2b", "GRN8b").
+        size: key of `GRN_T2X` ("tiny", "small", "GRN0b", "GRN2b", "GRN8b").
         variant: "bit" (released models: G = M·C bits × K = 2) or "ind" (G = C channels × K = 2^M), SPEC §1.
         channels: tokenizer latent channels C (64 for the joint image/video tokenizer).
         rounds: HBQ rounds M (4).

@@ -87,8 +87,8 @@ class T2XModule(GeneratorModule):
     """GRN text-to-image / text-to-video / image-to-video training and sampling.
 
     Args:
-        transformer: the GRN text-to-X transformer (`GRNT2XTransformer`: size "tiny", "GRN0b", "GRN2b", "GRN8b";
-            variant "bit" for the released models; attention "sdpa" or "flex" (sparse BlockMask, compiled on CUDA:
+        transformer: the GRN text-to-X transformer (`GRNT2XTransformer`: size "tiny", "small", "GRN0b", "GRN2b",
+            "GRN8b"; variant "bit" for the released models; attention "sdpa" or "flex" (sparse BlockMask, compiled on CUDA:
             use it at the release's 40,960-token budget); SPEC §5). Its channels and rounds must be the
             tokenizer's and its text_dim the text encoder's width (checked here).
         tokenizer: the frozen HBQ tokenizer (`grn_lightning.tokenizer.vae.HBQTokenizer`), the source of C, M and the
