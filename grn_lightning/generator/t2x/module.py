@@ -88,8 +88,8 @@ class T2XModule(GeneratorModule):
 
     Args:
         transformer: the GRN text-to-X transformer (`GRNT2XTransformer`: size "tiny", "small", "GRN0b", "GRN2b",
-            "GRN8b"; variant "bit" for the released models; attention "sdpa" or "flex" (sparse BlockMask, compiled on CUDA:
-            use it at the release's 40,960-token budget); SPEC §5). Its channels and rounds must be the
+            "GRN8b"; variant "bit" for the released models; attention "sdpa" or "flex" (sparse BlockMask, compiled
+            on CUDA: use it at the release's 40,960-token budget); SPEC §5). Its channels and rounds must be the
             tokenizer's and its text_dim the text encoder's width (checked here).
         tokenizer: the frozen HBQ tokenizer (`grn_lightning.tokenizer.vae.HBQTokenizer`), the source of C, M and the
             strides; needed for media batches, I2V first frames and decoding samples.
