@@ -82,7 +82,10 @@ def test_sample_judge_accuracy_consistency_direction_and_first_frame():
     judge.reset()
     judge.update_clips(torch.stack([moving, still]), torch.tensor([1, 0]), skip_first=True)
     # generated frames (after the first): moving has 6 frames left, 6 right: tie -> first seen (0) wins; still: 0
-    assert judge.compute()["keeps_first_frame_class"] == 0.5
+    scores = judge.compute()
+    assert scores["keeps_first_frame_class"] == 0.5  # labels 1 and 0
+    # both first frames show the square on the left (class 0), and both majorities are 0: both kept what they were shown
+    assert scores["keeps_judged_first_frame_class"] == 1.0
 
 
 def test_classifier_round_trip_and_shrink_and_shift(tmp_path):

@@ -72,6 +72,7 @@ class SampleJudge:
     def reset(self) -> None:
         self.image_hits, self.features = [], []
         self.frame_hits, self.consistency, self.direction_hits, self.first_frame_hits = [], [], [], []
+        self.judged_first_frame_hits = []
 
     @torch.no_grad()
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +98,10 @@ class SampleJudge:
         """Generated clips [B, 3, T, H, W] requested as `classes` [B] moving in `directions`.
 
         skip_first: the first frame was given (I2V): class judgements use the generated frames only, and the
-        clip "keeps the first frame's class" when the majority class of those frames is the requested class.
+        clip "keeps the first frame's class" when the majority class of those frames is the requested class (the
+        dataset label of the given frame). It also "keeps the judged first frame's class" when that majority is the
+        class the judge gives frame 0 itself: the generator kept what it was shown, whether or not the judge reads
+        the item right (the label-based score cannot exceed the judge's accuracy on clip frames).
         """
         b, _, t = clips.shape[:3]
         frames = clips.permute(0, 2, 1, 3, 4).flatten(0, 1)
@@ -110,6 +114,7 @@ class SampleJudge:
             self.frame_hits.append(float((judged[i] == int(classes[i])).float().mean()))
             if skip_first:
                 self.first_frame_hits.append(majority == int(classes[i]))
+                self.judged_first_frame_hits.append(majority == int(predicted[i, 0]))
             if directions is not None:
                 moved = motion_direction(centroid_track(clips[i].cpu()), self.still_threshold)
                 self.direction_hits.append(moved == directions[i])
@@ -130,4 +135,5 @@ class SampleJudge:
             out["direction_accuracy"] = float(np.mean(self.direction_hits))
         if self.first_frame_hits:
             out["keeps_first_frame_class"] = float(np.mean(self.first_frame_hits))
+            out["keeps_judged_first_frame_class"] = float(np.mean(self.judged_first_frame_hits))
         return out
