@@ -115,6 +115,35 @@ def test_trains_on_real_images_counts_steps_and_keeps_lpips_out(tmp_path, demo_i
     assert all(p.ndim >= 2 for p in opt_g.param_groups[0]["params"])
 
 
+def _fit_with_gan(tmp_path, shards, gan_weight: float, gan_start_step: int) -> tuple[TokenizerModule, int, dict]:
+    """Three steps of a tiny tokenizer on fixed data: (module, calls of D, D's state dict before training)."""
+    module = _module(ema_decay=None)
+    module.loss = TokenizerLoss("image", perceptual_weight=0.0, gan_weight=gan_weight, gan_start_step=gan_start_step,
+                                random_backbone=True)  # fmt: skip
+    initial = copy.deepcopy(module.discriminator.state_dict())
+    calls = []
+    module.discriminator.register_forward_hook(lambda *_: calls.append(1))
+    L.seed_everything(0)
+    _trainer(tmp_path, max_steps=3).fit(module, datamodule=_data(shards, resolution=32, batch_size=2, shuffle_buffer=1))
+    return module, len(calls), initial
+
+
+def test_zero_gan_weight_skips_the_discriminator_and_trains_the_tokenizer_as_a_zeroed_adversarial_term(
+    tmp_path, demo_image_shards
+):
+    # Reference: λ_gan > 0 switched on only after the run (gan_start_step), so D runs every step and its term is
+    # multiplied by 0 (the release's warm-up path). λ_gan = 0 must give the same tokenizer without running D.
+    reference, reference_calls, _ = _fit_with_gan(tmp_path / "a", demo_image_shards, gan_weight=0.5, gan_start_step=100)
+    skipped, skipped_calls, initial = _fit_with_gan(tmp_path / "b", demo_image_shards, gan_weight=0.0, gan_start_step=0)
+    assert reference_calls == 3 * 3  # per step: D(x̂) for the generator, D(x) and D(x̂) for itself
+    assert skipped_calls == 0
+    assert all(torch.equal(initial[k], v) for k, v in skipped.discriminator.state_dict().items())  # never trained
+    ref = dict(reference.tokenizer.named_parameters())
+    moved = [n for n, p in skipped.tokenizer.named_parameters() if not torch.equal(p, ref[n])]
+    assert not moved, f"tokenizer parameters differ from the zero-weighted adversarial run: {moved[:3]}"
+    assert any(not torch.equal(p, q) for p, q in zip(skipped.tokenizer.parameters(), _module(ema_decay=None).tokenizer.parameters()))
+
+
 class _AtStart(Callback):
     def on_train_start(self, trainer, pl_module):
         self.global_step = trainer.global_step

@@ -167,20 +167,23 @@ class TokenizerLoss(nn.Module):
         self,
         x: torch.Tensor,
         x_hat: torch.Tensor,
-        logits_fake: torch.Tensor,
+        logits_fake: torch.Tensor | None,
         step: int,
         last_layer: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total generator loss and its (detached) terms. ``logits_fake`` = D(x̂) with gradients to x̂ only.
+        """Total generator loss and its (detached) terms. ``logits_fake`` = D(x̂) with gradients to x̂ only, or None
+        when λ_gan = 0 (no adversarial term at all: the discriminator was not run).
 
         Before ``gan_start_step`` the adversarial term is multiplied by 0 rather than dropped, so every parameter
         stays in the graph (DDP without ``find_unused_parameters``)."""
+        if logits_fake is None and self.gan_weight > 0:
+            raise ValueError("generator_loss needs D(x̂) (logits_fake) when gan_weight > 0")
         rec = reconstruction_loss(x, x_hat, self.rec_loss)
         perc = self.perceptual(x, x_hat) if self.perceptual_weight > 0 else rec.new_zeros(())
-        adv = generator_adversarial_loss(logits_fake, self.gan_loss)
+        adv = rec.new_zeros(()) if logits_fake is None else generator_adversarial_loss(logits_fake, self.gan_loss)
         nll = self.rec_weight * rec + self.perceptual_weight * perc
         weight = torch.tensor(self.gan_weight * self.gan_factor(step), device=x.device)
-        if self.use_adaptive_weight and self.gan_factor(step) > 0:
+        if self.use_adaptive_weight and logits_fake is not None and self.gan_factor(step) > 0:
             if last_layer is None:
                 raise ValueError("adaptive_gan_weight needs the decoder's last layer weight")
             weight = weight * adaptive_gan_weight(nll, adv, last_layer)

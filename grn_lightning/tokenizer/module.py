@@ -11,6 +11,9 @@ Why one backward: every parameter of both networks receives exactly one gradient
 ``find_unused_parameters`` (two backward passes after one DDP forward leave the tokenizer unreduced in the second)
 and the gradients are all-reduced once. The numbers are those of the release's two-pass scheme.
 
+With λ_gan = 0 for the whole run (``loss.gan_weight: 0``) neither D pass runs and D is never stepped: its term would be
+multiplied by 0 at every step, so the tokenizer trains exactly as with it (tests/test_tokenizer_module.py checks that).
+
 Step counting: Lightning's manual optimisation adds 1 to ``global_step`` for every ``LightningOptimizer.step``;
 with two optimisers ``max_steps`` would count both. The discriminator's optimiser is therefore stepped through
 the raw torch optimiser (``opt_d.optimizer.step()``), so ``global_step`` = generator steps. This is exact for
@@ -174,21 +177,28 @@ class TokenizerModule(L.LightningModule):
         x_hat, quant = self.tokenizer(x)
         x_hat = x_hat.float()  # losses in fp32 under bf16 autocast
         last = self._last_decoder_weight() if self.loss.use_adaptive_weight else None
-        g_loss, g_logs = self.loss.generator_loss(x, x_hat, self._judge_frozen(x_hat).float(), step, last)
-        # Real and fake in separate calls, as in pix2pix/taming: BatchNorm sees unmixed batches.
-        logits_real = self.discriminator(x).float()
-        logits_fake = self.discriminator(x_hat.detach()).float()
-        d_loss, d_logs = self.loss.discriminator_loss(logits_real, logits_fake, step)
+        # λ_gan = 0 for the whole run (e.g. the Fashion-MNIST recipes): D can never reach the tokenizer, so neither
+        # network's adversarial pass runs (they cost a third of a small tokenizer's step) and D stays untrained.
+        adversarial = self.loss.gan_weight > 0
+        judged = self._judge_frozen(x_hat).float() if adversarial else None
+        g_loss, g_logs = self.loss.generator_loss(x, x_hat, judged, step, last)
+        d_loss, d_logs = g_loss.new_zeros(()), {}
+        if adversarial:
+            # Real and fake in separate calls, as in pix2pix/taming: BatchNorm sees unmixed batches.
+            logits_real = self.discriminator(x).float()
+            logits_fake = self.discriminator(x_hat.detach()).float()
+            d_loss, d_logs = self.loss.discriminator_loss(logits_real, logits_fake, step)
 
         opt_g.zero_grad(set_to_none=True)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(g_loss + d_loss)
         if self.hparams.grad_clip > 0:
             self.clip_gradients(opt_g, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
-        if self.hparams.disc_grad_clip > 0:
+        if adversarial and self.hparams.disc_grad_clip > 0:
             self.clip_gradients(opt_d, gradient_clip_val=self.hparams.disc_grad_clip, gradient_clip_algorithm="norm")
         opt_g.step()  # counted: global_step += 1
-        opt_d.optimizer.step()  # not counted (module docstring)
+        if adversarial:
+            opt_d.optimizer.step()  # not counted (module docstring)
         sched_g.step()
         sched_d.step()
         if self.ema is not None:
