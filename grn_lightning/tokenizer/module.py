@@ -178,7 +178,8 @@ class TokenizerModule(L.LightningModule):
         x_hat = x_hat.float()  # losses in fp32 under bf16 autocast
         last = self._last_decoder_weight() if self.loss.use_adaptive_weight else None
         # λ_gan = 0 for the whole run (e.g. the Fashion-MNIST recipes): D can never reach the tokenizer, so neither
-        # network's adversarial pass runs (they cost a third of a small tokenizer's step) and D stays untrained.
+        # network's adversarial pass runs (8-10% of a repro tokenizer's step, docs/REPRODUCTION.md) and D stays
+        # untrained.
         adversarial = self.loss.gan_weight > 0
         judged = self._judge_frozen(x_hat).float() if adversarial else None
         g_loss, g_logs = self.loss.generator_loss(x, x_hat, judged, step, last)
