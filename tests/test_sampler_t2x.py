@@ -9,6 +9,7 @@ import torch
 from tests.test_c2i_module import real_images, tokenizer  # noqa: F401  (tokenizer: the C = 16 fixture)
 from tests.test_t2x_module import GRID, tiny_module
 
+from grn_lightning.generator.sampling.guidance import guided_logits
 from grn_lightning.generator.t2x.conditions import PromptConditions
 from grn_lightning.generator.t2x.packing import T2XSample, pack_rows
 
@@ -52,6 +53,35 @@ def test_i2v_rows_equal_each_sample_packed_alone(monkeypatch):
             expected = _alone(module.model, grid_state, texts[c], float(ratio[i]), clean).reshape(batched[i].shape)
             torch.testing.assert_close(batched[i], expected, atol=1e-5, rtol=1e-5)
     assert model.padded and model.null_class == 2
+
+
+@pytest.mark.parametrize("every_row", [False, True])
+def test_text_only_i2v_guidance_keeps_each_requests_first_frame_in_its_unconditional_row(every_row):
+    """`guide_first_frame=False`: the unconditional branch of request c is the empty caption WITH c's first frame,
+    so ℓ = ℓ_u + w·(ℓ_c − ℓ_u) is worked from two samples packed alone; the default keeps one frameless null row."""
+    torch.manual_seed(0)
+    module = tiny_module()
+    torch.nn.init.normal_(module.model.head.proj.weight, std=0.5)
+    texts = module.text_encoder.encode(["a cat", "waves", ""], "i2v")
+    g = module.model.groups
+    gen = torch.Generator().manual_seed(2)
+    first = torch.randint(0, 2, (2, GRID, GRID, g), generator=gen)
+    model = PromptConditions(module.model, texts, (2, GRID, GRID), clean_first=first, guide_first_frame=False)
+    default = PromptConditions(module.model, texts, (2, GRID, GRID), clean_first=first)
+    requests = torch.tensor([1, 0])
+    assert model.unconditional_of(requests).tolist() == [4, 3]  # after the 3 texts: request 0 → 3, request 1 → 4
+    assert default.unconditional_of(requests).tolist() == [2, 2]
+    state = torch.randint(0, 2, (2, 2 * GRID * GRID, g), generator=gen)
+    ratio = torch.tensor([0.3, 0.6])
+    with torch.no_grad():
+        _, guided = guided_logits(model, state, requests, ratio, model.null_class, 3.0, torch.tensor([True, True]),
+                                  every_row=every_row)  # fmt: skip
+        for i, c in enumerate(requests.tolist()):
+            grid_state = state[i].view(2, GRID, GRID, g)
+            cond = _alone(module.model, grid_state, texts[c], float(ratio[i]), first[c])
+            uncond = _alone(module.model, grid_state, texts[2], float(ratio[i]), first[c])
+            expected = (uncond + 3.0 * (cond - uncond)).reshape(guided[i].shape)
+            torch.testing.assert_close(guided[i], expected, atol=1e-4, rtol=1e-4)
 
 
 # ---- region refinement ("sketch and revise") for T2I / T2V -----------------------------------------------------------

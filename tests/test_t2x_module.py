@@ -218,6 +218,10 @@ def test_sampling_rejects_mismatched_task_inputs():
         module.sample_labels(["x"], (1, GRID, GRID), task="i2v")
     with pytest.raises(ValueError, match="task="):
         module.sample_labels(["x"], (1, GRID, GRID), task="t2a")
+    with pytest.raises(ValueError, match="i2v_guidance='frame'"):
+        module.sample_labels(["x"], (1, GRID, GRID), i2v_guidance="frame")
+    with pytest.raises(ValueError, match="i2v_guidance='txt'"):
+        tiny_module(i2v_guidance="txt")
 
 
 @pytest.mark.gpu

@@ -47,17 +47,19 @@ def guided_logits(
 
     Rows with `cfg_active` use ℓ = ℓ_u + w·(ℓ_c − ℓ_u) from an unconditional row (null class) appended to the batch;
     the others use ℓ_c (SPEC §6: CFG only inside the interval). `every_row` appends an unconditional row for every row
-    (fixed shapes, no host sync to select rows); the guided result is the same.
+    (fixed shapes, no host sync to select rows); the guided result is the same. A model with a method
+    `unconditional_of(class_ids)` names each row's own unconditional condition instead of the one null class (T2X
+    I2V guided on the text only: the unconditional row keeps that request's first frame, conditions.py).
     """
     b = state.shape[0]
     if every_row:
-        logits = model(torch.cat([state, state]), torch.cat([class_ids, torch.full_like(class_ids, null_class)]),
+        logits = model(torch.cat([state, state]), torch.cat([class_ids, unconditional(model, class_ids, null_class)]),
                        torch.cat([ratio, ratio])).float()  # fmt: skip
         cond, uncond = logits[:b], logits[b:]
         active = cfg_active.view(-1, *([1] * (cond.ndim - 1)))
         return cond, torch.where(active, uncond + cfg_scale * (cond - uncond), cond)
     idx = torch.nonzero(cfg_active, as_tuple=False).flatten()
-    null = torch.full_like(class_ids[idx], null_class)
+    null = unconditional(model, class_ids[idx], null_class)
     logits = model(
         torch.cat([state, state[idx]]), torch.cat([class_ids, null]), torch.cat([ratio, ratio[idx]])
     ).float()
@@ -65,6 +67,12 @@ def guided_logits(
     guided = cond.clone()
     guided[idx] = uncond + cfg_scale * (cond[idx] - uncond)
     return cond, guided
+
+
+def unconditional(model: Model, class_ids: torch.Tensor, null_class: int) -> torch.Tensor:
+    """The condition of each row's unconditional branch: the model's `unconditional_of`, else the null class."""
+    of = getattr(model, "unconditional_of", None)
+    return of(class_ids) if of is not None else torch.full_like(class_ids, null_class)
 
 
 def sample_categorical(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,14 @@ of encoded prompts, the last entry being the unconditional one (empty caption or
 `null_class = len(texts) − 1`. Each request becomes one row [visual | (I2V) clean first frame | text | ratio |
 padding], assembled on the device from per-condition templates (no host read-back of the conditions).
 
-I2V guidance: the conditional rows carry the caption AND the clean first frame, the unconditional row neither
-(it is a T2V row with the empty caption, which training shows the model through caption dropout), so CFG pushes
-towards both the text and the given image.
+I2V guidance, two choices (`guide_first_frame`):
+- True (default): the conditional rows carry the caption AND the clean first frame, the unconditional row neither
+  (a T2V row with the empty caption, which training shows the model through caption dropout), so CFG pushes
+  towards both the text and the given image;
+- False: each request's unconditional row keeps its clean first frame and drops only the caption (an I2V row with
+  the empty caption, also seen in training through caption dropout), so CFG pushes towards the text alone. That
+  row generates the same frames at the same RoPE times as the conditional one; the default's unconditional row
+  instead generates from time 600, where a video's first latent frame (one image, not four frames) sits.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class PromptConditions:
         grid: (T, h, w) latent grid of the frames to generate (I2V: the frames after the given first one).
         clean_first: I2V only: int [len(texts) − 1, h, w, G] clean first-frame labels of the conditional prompts.
         aspect_ratio: canvas h/w for the 3D RoPE (None: h / w of the grid).
+        guide_first_frame: I2V only: False keeps each request's first frame in its unconditional row (CFG on the
+            text alone; module docstring). Conditions len(texts) .. 2·len(texts) − 2 are then those rows.
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class PromptConditions:
         grid: tuple[int, int, int],
         clean_first: torch.Tensor | None = None,
         aspect_ratio: float | None = None,
+        guide_first_frame: bool = True,
     ) -> None:
         if len(texts) < 2:
             raise ValueError("give at least one prompt plus the unconditional prompt (last)")
@@ -60,7 +68,16 @@ class PromptConditions:
             )
         self.num_tokens = t * h * w
         self.null_class = len(texts) - 1
+        # text-only I2V guidance: one more condition per prompt, the unconditional text with that prompt's frame
+        self.frame_kept_nulls = clean_first is not None and not guide_first_frame
         self._build_templates(list(texts), clean_first, aspect_ratio)
+
+    def unconditional_of(self, conditions: torch.Tensor) -> torch.Tensor:
+        """The unconditional condition of each row of `conditions` (guidance.py): the null class, or with
+        `guide_first_frame` False the null text beside that prompt's first frame."""
+        if self.frame_kept_nulls:
+            return conditions.long() + self.null_class + 1
+        return torch.full_like(conditions, self.null_class)
 
     def _build_templates(self, texts, clean_first, aspect_ratio) -> None:
         t, h, w = self.grid
@@ -70,6 +87,10 @@ class PromptConditions:
         for c, text in enumerate(texts):
             first = None if clean_first is None or c == self.null_class else clean_first[c].long().cpu()
             samples.append(T2XSample(zeros, text.cpu(), 0.0, clean_first=first, aspect_ratio=aspect_ratio))
+        if self.frame_kept_nulls:
+            null_text = texts[self.null_class].cpu()
+            samples += [T2XSample(zeros, null_text, 0.0, clean_first=f.long().cpu(), aspect_ratio=aspect_ratio)
+                        for f in clean_first]  # fmt: skip
         longest_text = max(s.text.shape[0] for s in samples)
         # room for every condition's clean frame AND the longest text: the unused text slots of a shorter prompt
         # then always fit in its own padding

@@ -48,9 +48,19 @@ from grn_lightning.generator.t2x.text import UMT5TextEncoder
 from grn_lightning.tokenizer.vae import HBQTokenizer
 
 TRAIN_TASKS = ("auto", "t2i", "t2v", "i2v")
+I2V_GUIDANCE = ("text_and_frame", "text")
+
+
 # Text-model sampling defaults (SPEC §6): cosine schedule, CFG always on. The paper gives no T2I/T2V guidance scale
 # or temperature; these are starting points to tune, like the C2I values were.
 T2X_SAMPLING = {"steps": 50, "schedule": "cosine", "cfg_scale": 4.0, "cfg_interval": (0.0, 1.0), "temperature": 1.0}
+
+
+def check_i2v_guidance(value: str) -> str:
+    if value not in I2V_GUIDANCE:
+        raise ValueError(f"i2v_guidance={value!r} is not one of {I2V_GUIDANCE} (model.init_args.i2v_guidance or a "
+                         "sampling override)")  # fmt: skip
+    return value
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,9 @@ class T2XModule(GeneratorModule):
         sampler: the refinement sampler; None = `RefinementSampler(**T2X_SAMPLING)` (cosine, CFG 4.0 always on,
             τ 1). Chosen per run, not saved in checkpoints (`grn predict --model.init_args.sampler.init_args...`).
         negative_prompt: caption of the unconditional branch of CFG ("" = the empty caption used in training).
+        i2v_guidance: what I2V's CFG guides towards: "text" (the unconditional row keeps the request's first frame
+            and drops the caption) or "text_and_frame" (it has neither: frames then break up mid-clip in the repro,
+            docs/REPRODUCTION.md; conditions.py). Also a sampling override (`sample_media(..., i2v_guidance=...)`).
         task: "auto" (images → T2I, videos → T2V or I2V), or force "t2i" / "t2v" / "i2v".
         i2v_probability: with task "auto", the share of video samples trained as I2V (clean first latent frame).
         corruption: kept-fraction distribution and caption dropout (release T2I/T2V: logit-normal(−1.3, 1.3), 10%).
@@ -119,6 +132,7 @@ class T2XModule(GeneratorModule):
         text_encoder: UMT5TextEncoder | None = None,
         sampler: RefinementSampler | MaskDecodingSampler | None = None,
         negative_prompt: str = "",
+        i2v_guidance: str = "text",
         task: str = "auto",
         i2v_probability: float = 0.0,
         corruption: Corruption = Corruption(ratio_mu=-1.3, ratio_sigma=1.3),
@@ -131,6 +145,7 @@ class T2XModule(GeneratorModule):
         self.save_hyperparameters(ignore=["transformer", "tokenizer", "text_encoder", "sampler"])
         if task not in TRAIN_TASKS:
             raise ValueError(f"model.task={task!r} is not one of {TRAIN_TASKS}")
+        check_i2v_guidance(i2v_guidance)
         if not 0.0 <= i2v_probability <= 1.0:
             raise ValueError(f"model.i2v_probability must lie in [0, 1], got {i2v_probability}")
         if text_encoder is not None and int(text_encoder.width) != transformer.text_dim:
@@ -141,7 +156,7 @@ class T2XModule(GeneratorModule):
         self._init_generator(transformer, tokenizer, tokenizer_ckpt, sampler or RefinementSampler(**T2X_SAMPLING),
                              corruption, optimization, ema, parallelism)  # fmt: skip
         self.task, self.i2v_probability = task, i2v_probability
-        self.negative_prompt, self.packing = negative_prompt, packing
+        self.negative_prompt, self.packing, self.i2v_guidance = negative_prompt, packing, i2v_guidance
         # Frozen helper held in __dict__, not _modules: no state_dict entries, no FSDP/optimiser involvement.
         object.__setattr__(self, "text_encoder", None if text_encoder is None else freeze(text_encoder))
 
@@ -323,10 +338,12 @@ class T2XModule(GeneratorModule):
             raise ValueError(f"task={task!r} is not one of ('t2i', 't2v', 'i2v')")
         if (task == "i2v") != (first_frame_labels is not None):
             raise ValueError("I2V sampling needs first_frame_labels, and only I2V takes them")
+        guidance = check_i2v_guidance(overrides.pop("i2v_guidance", self.i2v_guidance))
         sampler = with_overrides(self.sampler, overrides)
         texts = self._require_text_encoder().encode([*captions, self.negative_prompt], task)
         weights = self._sampling_model()
-        model = PromptConditions(weights, texts, grid, clean_first=first_frame_labels)
+        model = PromptConditions(weights, texts, grid, clean_first=first_frame_labels,
+                                 guide_first_frame=guidance == "text_and_frame")  # fmt: skip
         seeds = list(range(len(captions))) if seeds is None else seeds
         ids = torch.arange(len(captions), device=self.device)
         with self._autocast():
