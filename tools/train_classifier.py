@@ -19,6 +19,7 @@ import grn_lightning  # noqa: F401  (torchvision compatibility first)
 import numpy as np
 import torch
 
+from grn_lightning.data.fashion_mnist import ITEM_SIZE
 from grn_lightning.eval.classifier import SmallClassifier, save_classifier, shrink_and_shift
 from grn_lightning.eval.real_media import iterate_real
 from grn_lightning.eval.sample_judges import features_frechet
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--item", type=int, default=20, help="item size in clip frames (Moving Fashion-MNIST: 20)")
+    parser.add_argument("--item", type=int, default=ITEM_SIZE,
+                        help=f"item size in clip frames (Moving Fashion-MNIST: {ITEM_SIZE})")  # fmt: skip
     parser.add_argument("--canvas-item", type=int, default=28, help="item size in the training images (28 in 32)")
     parser.add_argument("--floor-samples", type=int, default=10000, help="train images in the Fréchet floor")
     parser.add_argument("--seed", type=int, default=0)
