@@ -35,7 +35,7 @@ def test_i2v_rows_equal_each_sample_packed_alone(monkeypatch):
     g = module.model.groups
     gen = torch.Generator().manual_seed(1)
     first = torch.randint(0, 2, (2, GRID, GRID, g), generator=gen)
-    model = PromptConditions(module.model, texts, (2, GRID, GRID), clean_first=first)
+    model = PromptConditions(module.model, texts, (2, GRID, GRID), clean_first=first, guide_first_frame=True)
     state = torch.randint(0, 2, (4, 2 * GRID * GRID, g), generator=gen)
     conditions, ratio = torch.tensor([1, 2, 0, 2]), torch.tensor([0.2, 0.2, 0.7, 0.9])
 
@@ -57,8 +57,9 @@ def test_i2v_rows_equal_each_sample_packed_alone(monkeypatch):
 
 @pytest.mark.parametrize("every_row", [False, True])
 def test_text_only_i2v_guidance_keeps_each_requests_first_frame_in_its_unconditional_row(every_row):
-    """`guide_first_frame=False`: the unconditional branch of request c is the empty caption WITH c's first frame,
-    so ℓ = ℓ_u + w·(ℓ_c − ℓ_u) is worked from two samples packed alone; the default keeps one frameless null row."""
+    """`guide_first_frame=False` (the default): the unconditional branch of request c is the empty caption WITH c's
+    first frame, so ℓ = ℓ_u + w·(ℓ_c − ℓ_u) is worked from two samples packed alone; True keeps one frameless null
+    row."""
     torch.manual_seed(0)
     module = tiny_module()
     torch.nn.init.normal_(module.model.head.proj.weight, std=0.5)
@@ -66,11 +67,11 @@ def test_text_only_i2v_guidance_keeps_each_requests_first_frame_in_its_unconditi
     g = module.model.groups
     gen = torch.Generator().manual_seed(2)
     first = torch.randint(0, 2, (2, GRID, GRID, g), generator=gen)
-    model = PromptConditions(module.model, texts, (2, GRID, GRID), clean_first=first, guide_first_frame=False)
-    default = PromptConditions(module.model, texts, (2, GRID, GRID), clean_first=first)
+    model = PromptConditions(module.model, texts, (2, GRID, GRID), clean_first=first)
+    frameless = PromptConditions(module.model, texts, (2, GRID, GRID), clean_first=first, guide_first_frame=True)
     requests = torch.tensor([1, 0])
     assert model.unconditional_of(requests).tolist() == [4, 3]  # after the 3 texts: request 0 → 3, request 1 → 4
-    assert default.unconditional_of(requests).tolist() == [2, 2]
+    assert frameless.unconditional_of(requests).tolist() == [2, 2]
     state = torch.randint(0, 2, (2, 2 * GRID * GRID, g), generator=gen)
     ratio = torch.tensor([0.3, 0.6])
     with torch.no_grad():

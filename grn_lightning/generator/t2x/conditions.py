@@ -7,14 +7,14 @@ of encoded prompts, the last entry being the unconditional one (empty caption or
 `null_class = len(texts) − 1`. Each request becomes one row [visual | (I2V) clean first frame | text | ratio |
 padding], assembled on the device from per-condition templates (no host read-back of the conditions).
 
-I2V guidance, two choices (`guide_first_frame`):
-- True (default): the conditional rows carry the caption AND the clean first frame, the unconditional row neither
-  (a T2V row with the empty caption, which training shows the model through caption dropout), so CFG pushes
-  towards both the text and the given image;
-- False: each request's unconditional row keeps its clean first frame and drops only the caption (an I2V row with
-  the empty caption, also seen in training through caption dropout), so CFG pushes towards the text alone. That
-  row generates the same frames at the same RoPE times as the conditional one; the default's unconditional row
-  instead generates from time 600, where a video's first latent frame (one image, not four frames) sits.
+I2V guidance, two choices (`guide_first_frame`; `T2XModule(i2v_guidance=...)`):
+- False (default; "text"): each request's unconditional row keeps its clean first frame and drops only the caption
+  (an I2V row with the empty caption, which training shows the model through caption dropout), so CFG pushes
+  towards the text alone, and both rows generate the same frames at the same RoPE times;
+- True ("text_and_frame"): the conditional rows carry the caption AND the clean first frame, the unconditional row
+  neither (a T2V row with the empty caption), so CFG pushes towards both. That row generates from time 600, where a
+  video's first latent frame (one image, not four frames) sits, while the conditional row's frames start at 601; in
+  the Fashion-MNIST reproduction items then broke up mid-clip (docs/REPRODUCTION.md).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class PromptConditions:
         clean_first: I2V only: int [len(texts) − 1, h, w, G] clean first-frame labels of the conditional prompts.
         aspect_ratio: canvas h/w for the 3D RoPE (None: h / w of the grid).
         guide_first_frame: I2V only: False keeps each request's first frame in its unconditional row (CFG on the
-            text alone; module docstring). Conditions len(texts) .. 2·len(texts) − 2 are then those rows.
+            text alone; module docstring); conditions len(texts) .. 2·len(texts) − 2 are those rows. True: one
+            frameless unconditional row.
     """
 
     def __init__(
@@ -54,7 +55,7 @@ class PromptConditions:
         grid: tuple[int, int, int],
         clean_first: torch.Tensor | None = None,
         aspect_ratio: float | None = None,
-        guide_first_frame: bool = True,
+        guide_first_frame: bool = False,
     ) -> None:
         if len(texts) < 2:
             raise ValueError("give at least one prompt plus the unconditional prompt (last)")
