@@ -131,8 +131,10 @@ def write_report(out: Path, s: dict) -> Path:
                 ("T2V", "direction accuracy", first[1], "direction_accuracy", "direction"),
                 ("T2V", "class consistency across frames", first[1], "class_consistency", "consistency"),
                 ("T2V", "frame caption-class accuracy", first[1], "frame_class_accuracy", None),
-                ("I2V", "keeps the first frame's class", first[2], "keeps_first_frame_class", "i2v"),
+                ("I2V", "keeps the first frame's class (its label)", first[2], "keeps_first_frame_class", "i2v"),
                 ("I2V", "keeps the class the judge gives the first frame", first[2], "keeps_judged_first_frame_class", None),
+                ("I2V", "class consistency across frames", first[2], "class_consistency", None),
+                ("I2V", "frame class accuracy", first[2], "frame_class_accuracy", None),
                 ("I2V", "direction accuracy", first[2], "direction_accuracy", None)]  # fmt: skip
     lines += ["### T2I / T2V / I2V (random-init umT5-structured text encoder, byte tokenizer)", "",
               "Tokenizer ceiling: the judge on the joint tokenizer's reconstructions of real test images (T2I rows) and "
