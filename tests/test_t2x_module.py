@@ -224,6 +224,14 @@ def test_sampling_rejects_mismatched_task_inputs():
         tiny_module(i2v_guidance="txt")
 
 
+def test_i2v_guidance_is_chosen_per_run_and_not_saved_in_checkpoints():
+    """Like the sampler: `grn test --ckpt_path ... --model.init_args.i2v_guidance text_and_frame` must not clash with a
+    value saved at training time (training/ckpt_settings.py refuses command-line values that differ from saved ones)."""
+    module = tiny_module(i2v_guidance="text_and_frame")
+    assert module.i2v_guidance == "text_and_frame" and "i2v_guidance" not in module.hparams
+    assert "negative_prompt" in module.hparams  # the other settings are still saved
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_flex_compiled_blocks_bf16_training_learns(tmp_path):

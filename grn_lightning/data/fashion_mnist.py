@@ -39,8 +39,9 @@ IMAGE_PHRASES = ("a photo of {a} {name}", "{a} {name}", "a picture of {a} {name}
 DIRECTIONS = ("left", "right", "up", "down", "still")
 CANVAS = 32
 # Clip items are shrunk so that they can travel CANVAS − ITEM_SIZE = 8 pixels. 24 rather than 20: at 20 px (5×5 tokens
-# of the stride-4 tokenizer) the T2X generator lost the class along its clips; at 24 the same recipe kept it (T2V class
-# consistency 0.75 → 0.85, I2V 0.64 → 0.82 on one H100, side by side; docs/REPRODUCTION.md).
+# of the stride-4 tokenizer) the T2X generator lost the class along its clips more often (one H100, side by side: T2V
+# class consistency 0.75 → 0.85, I2V 0.64 → 0.82; the CPU make repro, with the I2V guidance change too: 0.78 → 0.80,
+# 0.70 → 0.74; docs/REPRODUCTION.md).
 ITEM_SIZE = 24
 CLIP_FRAMES = 17
 CLIP_FPS = 16

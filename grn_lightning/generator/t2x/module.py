@@ -114,6 +114,7 @@ class T2XModule(GeneratorModule):
         i2v_guidance: what I2V's CFG guides towards: "text" (the unconditional row keeps the request's first frame
             and drops the caption) or "text_and_frame" (it has neither: frames then break up mid-clip in the repro,
             docs/REPRODUCTION.md; conditions.py). Also a sampling override (`sample_media(..., i2v_guidance=...)`).
+            Chosen per run like the sampler, not saved in checkpoints.
         task: "auto" (images → T2I, videos → T2V or I2V), or force "t2i" / "t2v" / "i2v".
         i2v_probability: with task "auto", the share of video samples trained as I2V (clean first latent frame).
         corruption: kept-fraction distribution and caption dropout (release T2I/T2V: logit-normal(−1.3, 1.3), 10%).
@@ -142,7 +143,8 @@ class T2XModule(GeneratorModule):
         parallelism: Parallelism = Parallelism(),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["transformer", "tokenizer", "text_encoder", "sampler"])
+        # i2v_guidance is a sampling choice like the sampler: chosen per run, so not saved into checkpoints either
+        self.save_hyperparameters(ignore=["transformer", "tokenizer", "text_encoder", "sampler", "i2v_guidance"])
         if task not in TRAIN_TASKS:
             raise ValueError(f"model.task={task!r} is not one of {TRAIN_TASKS}")
         check_i2v_guidance(i2v_guidance)
