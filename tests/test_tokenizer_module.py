@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import grn_lightning  # noqa: F401  (first: spawned DDP workers unpickle this module before anything else)
@@ -134,7 +135,11 @@ def test_zero_gan_weight_skips_the_discriminator_and_trains_the_tokenizer_as_a_z
     # Reference: λ_gan > 0 switched on only after the run (gan_start_step), so D runs every step and its term is
     # multiplied by 0 (the release's warm-up path). λ_gan = 0 must give the same tokenizer without running D.
     reference, reference_calls, _ = _fit_with_gan(tmp_path / "a", demo_image_shards, gan_weight=0.5, gan_start_step=100)
-    skipped, skipped_calls, initial = _fit_with_gan(tmp_path / "b", demo_image_shards, gan_weight=0.0, gan_start_step=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        skipped, skipped_calls, initial = _fit_with_gan(tmp_path / "b", demo_image_shards, gan_weight=0.0, gan_start_step=0)
+    # D's scheduler is not stepped either (torch warns when a scheduler steps before its optimizer ever did)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
     assert reference_calls == 3 * 3  # per step: D(x̂) for the generator, D(x) and D(x̂) for itself
     assert skipped_calls == 0
     assert all(torch.equal(initial[k], v) for k, v in skipped.discriminator.state_dict().items())  # never trained

@@ -198,10 +198,10 @@ class TokenizerModule(L.LightningModule):
         if adversarial and self.hparams.disc_grad_clip > 0:
             self.clip_gradients(opt_d, gradient_clip_val=self.hparams.disc_grad_clip, gradient_clip_algorithm="norm")
         opt_g.step()  # counted: global_step += 1
-        if adversarial:
-            opt_d.optimizer.step()  # not counted (module docstring)
         sched_g.step()
-        sched_d.step()
+        if adversarial:  # an unstepped D's scheduler would only warn "lr_scheduler.step() before optimizer.step()"
+            opt_d.optimizer.step()  # not counted (module docstring)
+            sched_d.step()
         if self.ema is not None:
             self.ema.update(self.tokenizer)
 
