@@ -11,7 +11,7 @@ _CPU = {
     "classifier_args": ["--steps", "2400", "--batch-size", "64", "--width", "16"],
     "tokenizer_steps": 2000, "video_tokenizer_steps": 3000, "tokenizer_args": [], "limit_test_batches": 40,
     "ablation_steps": 1000, "c2i_bit_steps": 2000,
-    "c2i_steps": 2000, "c2i_args": [], "t2x_steps": 8000, "t2x_args": [],
+    "c2i_steps": 2000, "c2i_args": [], "t2x_steps": 12000, "t2x_args": [],
     "samples_per_condition": 10, "judge_batch": 50, "reference_limit": 10000, "i2v_clips": 50,
     "t2v_per_condition": 2, "t2x_sweep": None,
     "compare_steps": [8, 16], "sweep_steps": 16, "cfg_scales": [1.0, 1.5, 2.0, 3.0, 4.0], "temperatures": [0.7, 1.0, 1.3],

@@ -17,6 +17,7 @@ import torch
 import webdataset as wds
 
 from grn_lightning.data.buckets import PIXEL_BUDGETS
+from grn_lightning.data.media import ZoomOut
 from grn_lightning.data.records import CAPTION_SOURCES, SampleSpec, collate
 from grn_lightning.data.resume import (
     ResumableStream,
@@ -64,6 +65,7 @@ class GRNDataModule(L.LightningDataModule):
         num_workers: int = 4,
         shuffle_buffer: int = 1000,
         random_flip: bool = True,
+        image_zoom_out: ZoomOut | None = None,
         video_backend: Literal["auto", "decord", "torchcodec", "av"] = "auto",
         caption_source: Literal["txt", "json"] = "txt",
         pin_memory: bool = True,
@@ -97,6 +99,9 @@ class GRNDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes per device.
             shuffle_buffer: records held in each worker's shuffle buffer.
             random_flip: random horizontal flip in training (token shards: use the stored flipped copy).
+            image_zoom_out: training images (not clips, not evaluation) shrunk and moved at random, e.g.
+                `{scale: [0.9, 0.96], shift: 0.1, probability: 0.5}` (grn_lightning.data.media.ZoomOut): shows
+                objects at the smaller, off-centre look they have in clips. None (default) leaves images as they are.
             video_backend: video decoder: "decord" (the default's first choice), "torchcodec", "av" (PyAV), or
                 "auto" (decord, then torchcodec, then PyAV where the previous one is missing or fails).
             caption_source: where a record has both a `txt` member (img2dataset / video2dataset layout) and a
@@ -128,7 +133,10 @@ class GRNDataModule(L.LightningDataModule):
         clip = ClipRule(num_frames=num_frames, fps=fps, max_seconds=max_video_seconds, short=short_clip)
         base = dict(resolution=resolution, clip=clip, video_backend=video_backend, caption_source=caption_source)
         primary_kind = {"mixed": "image"}.get(kind, kind)
-        self.train_spec = SampleSpec(kind=primary_kind, pixel_budget=pixel_budget, random_flip=random_flip, **base)
+        if image_zoom_out is not None and primary_kind != "image":
+            raise ValueError(f"data.image_zoom_out transforms training images; kind={kind!r} has none: set it to null")
+        self.train_spec = SampleSpec(kind=primary_kind, pixel_budget=pixel_budget, random_flip=random_flip,
+                                     zoom_out=image_zoom_out, **base)  # fmt: skip
         self.eval_spec = SampleSpec(kind=primary_kind, **base)
         self.video_train_spec = SampleSpec(kind="video", pixel_budget=pixel_budget, random_flip=random_flip, **base)
         self.video_eval_spec = SampleSpec(kind="video", **base)

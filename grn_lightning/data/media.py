@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -84,6 +86,44 @@ def resize_cover_crop_image(image: Image.Image, height: int, width: int) -> Imag
     left = (image.size[0] - width) // 2
     top = (image.size[1] - height) // 2
     return image.crop((left, top, left + width, top + height))
+
+
+@dataclass(frozen=True)
+class ZoomOut:
+    """Training-image augmentation: with `probability`, the whole image is shrunk by a factor drawn from `scale` and
+    pasted, moved from the centre by up to `shift` of each side (what leaves the canvas is cut), on a canvas of the
+    original size filled with `fill`. It shows an object smaller and off-centre, as it appears in clips where it
+    moves (Moving Fashion-MNIST: configs/repro/t2x.yaml).
+
+    scale: (min, max) factor in (0, 1].
+    shift: largest move from the centred position, as a fraction of the side (each axis drawn uniformly).
+    probability: chance that an image is transformed (else it is returned as is).
+    fill: canvas grey level 0-255 (0: black, the background of Fashion-MNIST).
+    """
+
+    scale: tuple[float, float] = (0.9, 1.0)
+    shift: float = 0.1
+    probability: float = 0.5
+    fill: int = 0
+
+    def __post_init__(self) -> None:
+        low, high = self.scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"zoom-out scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        if not 0.0 <= self.shift <= 1.0 or not 0.0 <= self.probability <= 1.0 or not 0 <= self.fill <= 255:
+            raise ValueError(f"zoom-out needs shift and probability in [0, 1] and fill in 0-255, got {self}")
+
+    def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
+        if rng.random() >= self.probability:
+            return image
+        width, height = image.size
+        factor = rng.uniform(*self.scale)
+        small_w, small_h = max(1, round(width * factor)), max(1, round(height * factor))
+        left = round((width - small_w) / 2 + rng.uniform(-self.shift, self.shift) * width)
+        top = round((height - small_h) / 2 + rng.uniform(-self.shift, self.shift) * height)
+        canvas = Image.new("RGB", (width, height), (self.fill,) * 3)
+        canvas.paste(image.resize((small_w, small_h), Image.BICUBIC), (left, top))  # PIL cuts what falls outside
+        return canvas
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -26,6 +26,7 @@ from grn_lightning.data.media import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     MediaDecodeError,
+    ZoomOut,
     adm_center_crop,
     decode_image,
     image_to_tensor,
@@ -49,6 +50,7 @@ class SampleSpec:
     pixel_budget: if set (e.g. "0.25M"), images use aspect-ratio buckets instead of the square crop.
     clip: frame selection for videos.
     random_flip: horizontal flip with probability 0.5 (training only; tokens pick their flipped copy).
+    zoom_out: images only, training only: shrink and move them at random (media.ZoomOut); None leaves them as is.
     video_backend: "auto", "decord", "torchcodec" or "av" (data/video.py).
     caption_source: which caption wins when a record has both a `txt` member and a json "caption": "txt" or "json".
     """
@@ -58,6 +60,7 @@ class SampleSpec:
     pixel_budget: str | None = None
     clip: ClipRule = field(default_factory=ClipRule)
     random_flip: bool = False
+    zoom_out: ZoomOut | None = None
     video_backend: str = "auto"
     caption_source: str = "txt"
 
@@ -149,6 +152,8 @@ def decode_record(record: dict, spec: SampleSpec, rng: random.Random | None) -> 
             bucket = nearest_bucket(image.size[1], image.size[0], spec.pixel_budget)
             image = resize_cover_crop_image(image, bucket.height, bucket.width)
             ratio = bucket.ratio
+        if spec.zoom_out is not None and rng is not None:
+            image = spec.zoom_out(image, rng)
         pixels = image_to_tensor(image)
         body = {"pixels": pixels.flip(-1) if flip else pixels, "aspect_ratio": ratio}
     else:
