@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ import torch
 from PIL import Image
 
 from grn_lightning.data.buckets import ASPECT_RATIOS, bucket_for_ratio, nearest_bucket
-from grn_lightning.data.media import MediaDecodeError, adm_center_crop, decode_image
+from grn_lightning.data.media import MediaDecodeError, ZoomOut, adm_center_crop, decode_image
+from grn_lightning.data.records import SampleSpec, decode_record
 from grn_lightning.data.video import ClipRule, decode_video
 from grn_lightning.data.tokens import decode_token_record, encode_token_record, index_labels_to_bitplanes
 
@@ -90,3 +92,57 @@ def test_token_record_round_trip_and_hand_example():
     assert np.array_equal(decode_token_record(record["tokens_flip.npy"], record["tokens.json"]), labels[..., ::-1])
     with pytest.raises(ValueError, match="index labels must lie"):
         encode_token_record(labels + 16, 4)
+
+
+def _white_item_png(item: int = 28, canvas: int = 32) -> tuple[Image.Image, bytes]:
+    """A white item-sized square centred on a black canvas (a Fashion-MNIST image: 28 px item, 2 px margin)."""
+    array = np.zeros((canvas, canvas, 3), np.uint8)
+    margin = (canvas - item) // 2
+    array[margin : margin + item, margin : margin + item] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return Image.fromarray(array), buffer.getvalue()
+
+
+def _box(image) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the pixels brighter than mid-grey."""
+    rows, cols = np.nonzero(np.asarray(image)[..., 0] > 127)
+    return rows.min(), cols.min(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+def test_zoom_out_shrinks_to_the_clip_item_and_covers_its_positions():
+    # Worked by hand: scale 26/28 turns the 32-px image into round(29.7) = 30 px, the 28-px item into 26.25 px starting
+    # 1.875 px in; the centred paste is at (32 - 30) / 2 = 1, moved by up to 0.1 * 32 = 3.2 px -> pasted at -2..4, item
+    # from about 0 to 6: the 26-px item of a Moving Fashion-MNIST clip anywhere along its 6-px travel (CANVAS - 26).
+    image, _ = _white_item_png()
+    zoom = ZoomOut(scale=(26 / 28, 26 / 28), shift=0.1, probability=1.0)
+    rng = random.Random(0)
+    boxes = np.array([_box(zoom(image, rng)) for _ in range(300)])
+    assert set(boxes[:, 2]) <= {26, 27} and set(boxes[:, 3]) <= {26, 27}
+    for axis in (0, 1):
+        assert boxes[:, axis].min() == 0 and boxes[:, axis].max() == 6
+        assert len(set(boxes[:, axis])) == 7  # every position in between is drawn
+    assert zoom(image, rng).size == image.size
+
+
+def test_zoom_out_probability_leaves_images_and_evaluation_untouched():
+    image, png = _white_item_png()
+    never = ZoomOut(probability=0.0)
+    assert np.array_equal(np.asarray(never(image, random.Random(0))), np.asarray(image))
+    half = ZoomOut(scale=(0.5, 0.5), probability=0.5)
+    rng = random.Random(1)
+    changed = [not np.array_equal(np.asarray(half(image, rng)), np.asarray(image)) for _ in range(400)]
+    assert 0.4 < np.mean(changed) < 0.6
+    spec = SampleSpec(kind="image", resolution=32, zoom_out=ZoomOut(scale=(0.5, 0.5), probability=1.0))
+    record = {"png": png, "cls": b"3", "__key__": "k"}
+    evaluation = decode_record(record, spec, rng=None)["pixels"][:, 0].permute(1, 2, 0).numpy()
+    assert _box(evaluation) == (2, 2, 28, 28)  # no rng (evaluation): as stored
+    training = decode_record(record, spec, rng=random.Random(0))["pixels"][:, 0].permute(1, 2, 0).numpy()
+    assert _box(training)[2:] == (14, 14)  # half of 28
+
+
+@pytest.mark.parametrize("kwargs", [{"scale": (0.0, 0.5)}, {"scale": (0.9, 0.8)}, {"scale": (0.5, 1.2)},
+                                    {"shift": -0.1}, {"probability": 1.5}, {"fill": 300}])  # fmt: skip
+def test_zoom_out_rejects_bad_settings(kwargs):
+    with pytest.raises(ValueError, match="zoom-out"):
+        ZoomOut(**kwargs)

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+import yaml
 
 from grn_lightning.data.buckets import ASPECT_RATIOS, bucket_for_ratio
 from grn_lightning.data.datamodule import GRNDataModule
+from grn_lightning.data.fashion_mnist import ITEM_SIZE
+from grn_lightning.data.media import ZoomOut
 from grn_lightning.data.splits import ReaderSlot, assign_shards, expand_shards
 from grn_lightning.data.streams import EvalStream, TrainStream, count_records
 from grn_lightning.data.records import SampleSpec
@@ -229,3 +232,24 @@ def test_truncated_evaluation_shard_is_refused_naming_it(demo_val_image_shards, 
     dm = GRNDataModule(val_shards=str(truncated), resolution=32, batch_size=4, num_workers=0)
     with pytest.raises(UnreadableShardError, match=f"data.val_shards: shard {truncated} is unreadable.*truncated"):
         dm.setup("validate")
+
+
+def test_image_zoom_out_reaches_training_images_only():
+    zoom = ZoomOut(scale=(0.9, 0.96), probability=1.0)
+    with pytest.raises(ValueError, match="image_zoom_out"):
+        GRNDataModule(kind="video", train_shards="clips-{000000..000001}.tar", image_zoom_out=zoom)
+    data = GRNDataModule(kind="mixed", train_shards="a.tar", train_video_shards="b.tar", image_zoom_out=zoom)
+    assert data.train_spec.zoom_out == zoom
+    assert data.video_train_spec.zoom_out is None and data.eval_spec.zoom_out is None
+
+
+def test_the_t2x_recipe_zooms_half_its_images_out_to_the_clip_item(capsys):
+    from grn_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "repro" / "t2x.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    data = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
+    # 28-px items (Fashion-MNIST in 32) shrunk to 25.2-26.9 px; the clips' item is 26 px (data/fashion_mnist.py)
+    assert data["image_zoom_out"] == {"scale": [0.9, 0.96], "shift": 0.1, "probability": 0.5, "fill": 0}
+    assert 0.9 * 28 <= ITEM_SIZE <= 0.96 * 28
