@@ -243,13 +243,14 @@ def test_image_zoom_out_reaches_training_images_only():
     assert data.video_train_spec.zoom_out is None and data.eval_spec.zoom_out is None
 
 
-def test_the_t2x_recipe_zooms_half_its_images_out_to_the_clip_item(capsys):
+def test_image_zoom_out_is_set_from_the_command_line(capsys):
     from grn_lightning.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "repro" / "t2x.yaml"), "--print_config"])
+        main(["fit", "--config", str(ROOT / "configs" / "repro" / "t2x.yaml"), "--print_config",
+              "--data.image_zoom_out", "{scale: [0.9, 0.96], shift: 0.1}"])  # fmt: skip
     assert exit_info.value.code == 0
     data = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
-    # 28-px items (Fashion-MNIST in 32) shrunk to 25.2-26.9 px; the clips' item is 26 px (data/fashion_mnist.py)
+    # 28-px items (Fashion-MNIST in 32) shrunk to 25.2-26.9 px: the size of the clips' item (data/fashion_mnist.py)
     assert data["image_zoom_out"] == {"scale": [0.9, 0.96], "shift": 0.1, "probability": 0.5, "fill": 0}
     assert 0.9 * 28 <= ITEM_SIZE <= 0.96 * 28
