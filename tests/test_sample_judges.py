@@ -79,6 +79,9 @@ def test_sample_judge_accuracy_consistency_direction_and_first_frame():
     assert scores["class_consistency"] == pytest.approx((7 / 13 + 1.0) / 2)
     assert scores["frame_class_accuracy"] == pytest.approx((7 / 13 + 1.0) / 2)
     assert scores["direction_accuracy"] == 0.5  # the still clip was asked to move left
+    # per frame: frames 0-6 of both clips are class 0 (both asked for 0); frames 7-12 only in the still clip
+    assert scores["frame_class_accuracy_by_frame"] == [1.0] * 7 + [0.5] * 6
+    assert scores["majority_agreement_by_frame"] == [1.0] * 7 + [0.5] * 6  # moving's majority is 0 (7 of 13)
     judge.reset()
     judge.update_clips(torch.stack([moving, still]), torch.tensor([1, 0]), skip_first=True)
     # generated frames (after the first): moving has 6 frames left, 6 right: tie -> first seen (0) wins; still: 0
@@ -86,6 +89,10 @@ def test_sample_judge_accuracy_consistency_direction_and_first_frame():
     assert scores["keeps_first_frame_class"] == 0.5  # labels 1 and 0
     # both first frames show the square on the left (class 0), and both majorities are 0: both kept what they were shown
     assert scores["keeps_judged_first_frame_class"] == 1.0
+    # 12 judged frames each; asked for 1 and 0: moving's frames 1-6 (left, 0) miss, 7-12 hit; still always hits
+    assert scores["frame_class_accuracy_by_frame"] == [0.5] * 6 + [1.0] * 6
+    # moving ties 6:6 and the first seen class (0) is its majority: frames 1-6 agree, 7-12 do not
+    assert scores["majority_agreement_by_frame"] == [1.0] * 6 + [0.5] * 6
 
 
 def test_classifier_round_trip_and_shrink_and_shift(tmp_path):
@@ -151,7 +158,9 @@ def test_reconstruction_ceiling_judges_the_tokenizers_own_round_trip_of_the_refe
     expected = {f"reconstruction_{key}": value for key, value in direct.compute().items()}
     scores = ceiling.reconstruction_scores(module)
     assert scores["reconstruction_num_clips"] == 3 and "reconstruction_keeps_first_frame_class" in scores
-    assert scores == pytest.approx(expected)
+    assert scores.keys() == expected.keys()
+    for key, value in expected.items():  # per-frame lists included
+        assert scores[key] == pytest.approx(value), key
 
     images = ClassifierSampleMetrics(str(tmp_path / "c.pt"), task="t2i", batch_size=4, reference_limit=6,
                                      reference_shards=patterns["images-test"], reconstruction_ceiling=True)

@@ -81,6 +81,41 @@ def _curve(report: Path, name: str, xs: list[float], rows: list[dict], xlabel: s
     return path.name
 
 
+def _latent_frame_means(values: list[float] | None, first_frame: int, stride: int = 4) -> list[float | None]:
+    """Per-frame values (list index k = clip frame first_frame + k) averaged over the clip frames of each latent
+    frame of the causal tokenizer: frame 0 alone, then `stride` frames each (17 frames: 0 | 1-4 | ... | 13-16)."""
+    if not values:
+        return []
+    frames = first_frame + len(values)
+    groups = [(0, 1)] + [(start, min(start + stride, frames)) for start in range(1, frames, stride)]
+    means = []
+    for start, stop in groups:
+        picked = values[max(start - first_frame, 0) : max(stop - first_frame, 0)]
+        means.append(sum(picked) / len(picked) if picked else None)
+    return means
+
+
+def _per_frame_lines(t2v: dict, i2v: dict) -> list[str]:
+    """Where along a clip the class is lost: the per-frame judge scores grouped by the tokenizer's latent frames."""
+    rows = [("T2V", "frame caption-class accuracy", t2v.get("frame_class_accuracy_by_frame"), 0),
+            ("T2V", "agreement with the clip's majority class", t2v.get("majority_agreement_by_frame"), 0),
+            ("I2V", "frame class accuracy", i2v.get("frame_class_accuracy_by_frame"), 1),
+            ("I2V", "agreement with the clip's majority class", i2v.get("majority_agreement_by_frame"), 1),
+            ("I2V ceiling", "frame class accuracy", i2v.get("reconstruction_frame_class_accuracy_by_frame"), 1)]  # fmt: skip
+    rows = [(task, measure, _latent_frame_means(values, first)) for task, measure, values, first in rows if values]
+    if not rows:
+        return []
+    width = max(len(means) for _, _, means in rows)
+    heads = ["frame 0"] + [f"frames {1 + 4 * g}-{4 + 4 * g}" for g in range(width - 1)]
+    lines = ["Per latent frame of the joint tokenizer (frame 0 is encoded alone, then 4 frames per latent frame; I2V "
+             "frame 0 is the given one):", "", "| task | measure | " + " | ".join(heads) + " |",
+             "|---|---|" + "---|" * width]  # fmt: skip
+    for task, measure, means in rows:
+        cells = ["given" if m is None else _fmt(m) for m in means] + [""] * (width - len(means))  # None: I2V frame 0
+        lines.append(f"| {task} | {measure} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_report(out: Path, s: dict) -> Path:
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -148,6 +183,7 @@ def write_report(out: Path, s: dict) -> Path:
         target_text = f"≥ {TARGETS[target]:.2f}" if target else ("floor above" if key == "frechet_distance" else "")
         lines.append(f"| {task} | {measure} | {_fmt(row.get(key), digits)}{mark} | {_fmt(bound, digits)} | {target_text} |")
     lines.append("")
+    lines += _per_frame_lines(first[1], first[2])
     if ind:
         rows = list(ind["results"])
         entries = list(sweep_entries(s))

@@ -73,6 +73,9 @@ class SampleJudge:
         self.image_hits, self.features = [], []
         self.frame_hits, self.consistency, self.direction_hits, self.first_frame_hits = [], [], [], []
         self.judged_first_frame_hits = []
+        # per clip, per judged frame: judged as the requested class / as the clip's majority class (where along a
+        # clip the class is lost: at its start, at its end, or throughout)
+        self.frame_hit_rows, self.frame_agreement_rows = [], []
 
     @torch.no_grad()
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +114,10 @@ class SampleJudge:
             votes = Counter(judged[i].tolist())
             majority, count = votes.most_common(1)[0]
             self.consistency.append(count / judged.shape[1])
-            self.frame_hits.append(float((judged[i] == int(classes[i])).float().mean()))
+            hits = judged[i] == int(classes[i])
+            self.frame_hits.append(float(hits.float().mean()))
+            self.frame_hit_rows.append(hits.tolist())
+            self.frame_agreement_rows.append((judged[i] == majority).tolist())
             if skip_first:
                 self.first_frame_hits.append(majority == int(classes[i]))
                 self.judged_first_frame_hits.append(majority == int(predicted[i, 0]))
@@ -119,8 +125,11 @@ class SampleJudge:
                 moved = motion_direction(centroid_track(clips[i].cpu()), self.still_threshold)
                 self.direction_hits.append(moved == directions[i])
 
-    def compute(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def compute(self) -> dict[str, float | list[float]]:
+        """Plain floats, and for clips of one length two lists over the judged frames (I2V: frames after the
+        first): `frame_class_accuracy_by_frame` (share of clips whose frame k is judged the requested class) and
+        `majority_agreement_by_frame` (share whose frame k is judged the clip's majority class)."""
+        out: dict[str, float | list[float]] = {}
         if self.image_hits:
             out["class_accuracy"] = float(np.mean(self.image_hits))
             out["num_images"] = len(self.image_hits)
@@ -131,6 +140,9 @@ class SampleJudge:
             out["class_consistency"] = float(np.mean(self.consistency))
             out["frame_class_accuracy"] = float(np.mean(self.frame_hits))
             out["num_clips"] = len(self.consistency)
+            if len({len(row) for row in self.frame_hit_rows}) == 1:  # one clip length: a value per frame index
+                out["frame_class_accuracy_by_frame"] = np.mean(self.frame_hit_rows, axis=0).tolist()
+                out["majority_agreement_by_frame"] = np.mean(self.frame_agreement_rows, axis=0).tolist()
         if self.direction_hits:
             out["direction_accuracy"] = float(np.mean(self.direction_hits))
         if self.first_frame_hits:

@@ -1,0 +1,43 @@
+"""The reproduction report's per-frame table (tools/repro_report.py): frame scores grouped by the joint tokenizer's
+latent frames (frame 0 alone, then 4 frames each), checked against values worked by hand."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+@pytest.fixture(scope="module")
+def report_tool():
+    sys.path.insert(0, str(TOOLS))  # repro_report imports its sibling repro_settings as the tools do
+    try:
+        from tests.test_eval_tools import _load_tool
+
+        yield _load_tool("repro_report")
+    finally:
+        sys.path.remove(str(TOOLS))
+
+
+def test_latent_frame_means_group_frame_zero_alone_then_fours(report_tool):
+    # T2V: 17 frames valued by their index: 0 | 1..4 -> 2.5 | 5..8 -> 6.5 | 9..12 -> 10.5 | 13..16 -> 14.5
+    assert report_tool._latent_frame_means([float(k) for k in range(17)], first_frame=0) == [0.0, 2.5, 6.5, 10.5, 14.5]
+    # I2V judges frames 1..16 (list index 0 is frame 1): no value for the given frame 0
+    assert report_tool._latent_frame_means([float(k) for k in range(1, 17)], first_frame=1) == [None, 2.5, 6.5, 10.5, 14.5]
+    # a 6-frame clip: 0 | 1..4 | 5
+    assert report_tool._latent_frame_means([1.0, 0.0, 0.0, 1.0, 1.0, 0.5], first_frame=0) == [1.0, 0.5, 0.5]
+    assert report_tool._latent_frame_means(None, first_frame=0) == []
+
+
+def test_per_frame_lines_table(report_tool):
+    t2v = {"frame_class_accuracy_by_frame": [0.0] + [1.0] * 16, "majority_agreement_by_frame": [0.5] * 17}
+    i2v = {"frame_class_accuracy_by_frame": [1.0] * 4 + [0.0] * 12}
+    lines = report_tool._per_frame_lines(t2v, i2v)
+    assert "| task | measure | frame 0 | frames 1-4 | frames 5-8 | frames 9-12 | frames 13-16 |" in lines
+    assert "| T2V | frame caption-class accuracy | 0.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in lines
+    assert "| T2V | agreement with the clip's majority class | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 |" in lines
+    assert "| I2V | frame class accuracy | given | 1.000 | 0.000 | 0.000 | 0.000 |" in lines
+    assert report_tool._per_frame_lines({}, {}) == []  # results of an older run: no table
