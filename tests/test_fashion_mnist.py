@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from grn_lightning.data.fashion_mnist import CLASS_NAMES, IDX_FILES, build_fashion_mnist, caption_class
+from grn_lightning.data.fashion_mnist import CLASS_NAMES, IDX_FILES, build_fashion_mnist, caption_class, read_patterns
 from grn_lightning.eval.real_media import iterate_real
 from grn_lightning.eval.sample_judges import centroid_track, motion_direction
 
@@ -67,6 +67,20 @@ def test_zero_clips_builds_images_only(idx_dir, tmp_path):
     patterns = build_fashion_mnist(str(idx_dir), str(tmp_path / "fm"), train_clips=0, test_clips=0, val_images=4)
     assert sorted(patterns) == ["images-test", "images-train", "images-val"]
     assert not list((tmp_path / "fm" / "shards").glob("clips-*"))
+
+
+def test_a_moved_dataset_folder_still_names_its_own_shards(idx_dir, tmp_path):
+    build_fashion_mnist(str(idx_dir), str(tmp_path / "fm"), train_clips=0, test_clips=0, val_images=4)
+    (tmp_path / "fm").rename(tmp_path / "moved")
+    patterns = read_patterns(tmp_path / "moved")
+    assert patterns["images-test"] == str(tmp_path / "moved" / "shards" / "images-test-{000000..000000}.tar")
+    assert next(iterate_real(patterns["images-test"], "image", 32, batch_size=6))["pixels"].shape[0] == 6
+    # the moved folder is reused as built (same settings), not rebuilt
+    stamp = (tmp_path / "moved" / "fashion_mnist.json").stat().st_mtime_ns
+    again = build_fashion_mnist(str(idx_dir), str(tmp_path / "moved"), train_clips=0, test_clips=0, val_images=4)
+    assert again == patterns and (tmp_path / "moved" / "fashion_mnist.json").stat().st_mtime_ns == stamp
+    with pytest.raises(FileNotFoundError, match="make_fashion_mnist"):
+        read_patterns(tmp_path / "fm")
 
 
 def test_missing_files_name_the_package_and_the_files(tmp_path, capsys):

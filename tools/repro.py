@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 from repro_settings import SETTINGS, sweep_entries  # noqa: E402
 from repro_report import write_report  # noqa: E402
 
+from grn_lightning.data.fashion_mnist import read_patterns  # noqa: E402
+
 CONFIGS = "configs/repro"
 
 
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         if s["max_train_images"]:
             cmd += ["--max-train-images", str(s["max_train_images"])]
         runner.run("data", cmd, None)
-    patterns = json.loads((data / "fashion_mnist.json").read_text())["patterns"]
+    patterns = read_patterns(data)
     images = ["--data.train_shards", patterns["images-train"], "--data.val_shards", patterns["images-val"],
               "--data.test_shards", patterns["images-test"]]  # fmt: skip
     trainer = s["trainer"]

@@ -210,7 +210,7 @@ def build_fashion_mnist(
     if marker.is_file() and not force:
         info = json.loads(marker.read_text())
         if info.get("settings") == settings:
-            return info["patterns"]
+            return read_patterns(out_dir)
     train_images, train_labels = load_split(idx_dir, "train")
     test_images, test_labels = load_split(idx_dir, "test")
     if not 0 < val_images < len(train_images):
@@ -239,6 +239,17 @@ def build_fashion_mnist(
         if summary["bad_files"]:
             raise RuntimeError(f"Fashion-MNIST {name}: files failed validation: {summary['bad_files'][:3]}")
         last = len(summary["shards"]) - 1
-        patterns[name] = str(shards / f"{name}-{{000000..{last:06d}}}.tar")
+        # relative to out_dir, so the folder can be moved or mounted elsewhere (read_patterns resolves them)
+        patterns[name] = f"shards/{name}-{{000000..{last:06d}}}.tar"
     marker.write_text(json.dumps({"settings": settings, "patterns": patterns}, indent=1))
-    return patterns
+    return read_patterns(out_dir)
+
+
+def read_patterns(out_dir: str | Path) -> dict[str, str]:
+    """{split name: shard brace pattern} of a dataset built by `build_fashion_mnist`, as paths under out_dir wherever
+    the folder now is (the marker stores them relative to it; absolute ones of older builds are kept)."""
+    marker = Path(out_dir) / "fashion_mnist.json"
+    if not marker.is_file():
+        raise FileNotFoundError(f"{marker} not found: build the dataset first (tools/make_fashion_mnist.py --out {out_dir})")
+    patterns = json.loads(marker.read_text())["patterns"]
+    return {name: str(Path(out_dir) / pattern) for name, pattern in patterns.items()}
