@@ -31,35 +31,63 @@ from repro_settings import SETTINGS, sweep_entries  # noqa: E402
 from repro_report import write_report  # noqa: E402
 
 from grn_lightning.data.fashion_mnist import read_patterns  # noqa: E402
+from grn_lightning.training.thread_budget import write_thread_budget  # noqa: E402
 
 CONFIGS = "configs/repro"
 
 
 class Runner:
     """Runs stage commands, logs each (wall time, commit, device, concurrent jobs) to runs.jsonl. With `jobs` > 1
-    the chains of main() run side by side, each command given cores // jobs threads: on 2 CPU cores two
-    one-thread trainings finish sooner than the same two run one after the other on two threads each."""
+    the chains of main() run side by side, each command given the cores shared out among the chains still running
+    (on 2 CPU cores two one-thread trainings finish sooner than the same two run one after the other on two threads
+    each), and when a chain ends, the fits still running take up its cores (`ThreadBudget` files)."""
 
     def __init__(self, out: Path, setting: dict, force: bool, jobs: int = 1) -> None:
         self.out, self.setting, self.force, self.jobs = out, setting, force, jobs
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = out / "runs.jsonl"
         self._lock = threading.Lock()
+        self.chains_left = jobs  # main() sets the chains it starts
+        self._budgets: set[Path] = set()  # thread-budget files of the fits running now
 
-    def run(self, name: str, command: list[str], done: Path | None = None) -> None:
-        """Run `command` (logged with its wall time) unless `done` exists."""
+    def threads(self) -> int | None:
+        """Threads for a command of one chain now: the cores over the chains still running (None with one job: the
+        process's own default)."""
+        if self.jobs <= 1:
+            return None
+        return max(1, (os.cpu_count() or 1) // max(1, min(self.jobs, self.chains_left)))
+
+    def chain_done(self) -> None:
+        """A chain has ended: the fits still running get its share of the cores."""
+        with self._lock:
+            self.chains_left -= 1
+            for path in self._budgets:
+                write_thread_budget(path, self.threads())
+
+    def run(self, name: str, command: list[str], done: Path | None = None, budget: Path | None = None) -> None:
+        """Run `command` (logged with its wall time) unless `done` exists. budget: the command's `ThreadBudget` file,
+        kept at its share of the cores while it runs."""
         if done is not None and done.exists() and not self.force:
             print(f"== {name}: done ({done})", flush=True)
             return
         print(f"== {name}: {' '.join(command)}", flush=True)
         started, commit = time.time(), _commit()  # the tree that runs, not the one there when it ends
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        if self.jobs > 1:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
-        with open(self.out / f"{name}.log", "w") as log:
-            code = subprocess.call(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with self._lock:
+            threads = self.threads()
+            if threads is not None:
+                env["OMP_NUM_THREADS"] = str(threads)
+                if budget is not None:
+                    write_thread_budget(budget, threads)
+                    self._budgets.add(budget)
+        try:
+            with open(self.out / f"{name}.log", "w") as log:
+                code = subprocess.call(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            with self._lock:
+                self._budgets.discard(budget)
         entry = {"name": name, "command": command, "seconds": round(time.time() - started, 1), "exit": code,
-                 "commit": commit, "device": self.setting["device"], "jobs": self.jobs,
+                 "commit": commit, "device": self.setting["device"], "jobs": self.jobs, "threads_at_start": threads,
                  "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                  "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
         with self._lock, open(self.log, "a") as handle:
@@ -74,7 +102,11 @@ class Runner:
         there, data stream included, instead of being taken for finished (last.ckpt alone says nothing) or restarted."""
         done, last = self.out / name / "fit.done", _ckpt(self.out, name)
         resume = ["--ckpt_path", str(last)] if last.exists() and not done.exists() and not self.force else []
-        self.run(f"{name}_fit", _grn("fit", *args, *resume), done)
+        budget = self.out / name / "threads" if self.jobs > 1 else None
+        if budget is not None:  # appended to the config's callbacks (and to any list the args set)
+            callback = {"class_path": "grn_lightning.training.thread_budget.ThreadBudget", "init_args": {"path": str(budget)}}
+            args = [*args, f"--trainer.callbacks+={json.dumps(callback)}"]
+        self.run(f"{name}_fit", _grn("fit", *args, *resume), done, budget)
         done.touch()
 
 
@@ -228,14 +260,19 @@ def main(argv: list[str] | None = None) -> int:
                        "ablation": ablation, "tokens": tokenize, "c2i": c2i, "t2x": t2x}  # fmt: skip
 
     def run_chain(chain: tuple[str, ...]) -> None:
-        for item in chain:
-            stage, *part = item.split("/")
-            if stage in stages:
-                stage_functions[stage](*part)
+        try:
+            for item in chain:
+                stage, *part = item.split("/")
+                if stage in stages:
+                    stage_functions[stage](*part)
+        finally:
+            runner.chain_done()
 
     started = time.time()
+    chains = [chain for chain in CHAINS if {_stage(item) for item in chain} & set(stages)]
+    runner.chains_left = len(chains)
     with ThreadPoolExecutor(max_workers=runner.jobs) as pool:
-        futures = [pool.submit(run_chain, chain) for chain in CHAINS if {_stage(item) for item in chain} & set(stages)]
+        futures = [pool.submit(run_chain, chain) for chain in chains]
         failures = [str(f.exception()) for f in futures if f.exception() is not None]
     if failures:
         raise SystemExit("\n\n".join(failures))
