@@ -71,8 +71,7 @@ class SampleJudge:
 
     def reset(self) -> None:
         self.image_hits, self.features = [], []
-        self.frame_hits, self.consistency, self.direction_hits, self.first_frame_hits = [], [], [], []
-        self.judged_first_frame_hits = []
+        self.consistency, self.direction_hits, self.first_frame_hits, self.judged_first_frame_hits = [], [], [], []
         # per clip, per judged frame: judged as the requested class / as the clip's majority class (where along a
         # clip the class is lost: at its start, at its end, or throughout)
         self.frame_hit_rows, self.frame_agreement_rows = [], []
@@ -114,9 +113,7 @@ class SampleJudge:
             votes = Counter(judged[i].tolist())
             majority, count = votes.most_common(1)[0]
             self.consistency.append(count / judged.shape[1])
-            hits = judged[i] == int(classes[i])
-            self.frame_hits.append(float(hits.float().mean()))
-            self.frame_hit_rows.append(hits.tolist())
+            self.frame_hit_rows.append((judged[i] == int(classes[i])).tolist())
             self.frame_agreement_rows.append((judged[i] == majority).tolist())
             if skip_first:
                 self.first_frame_hits.append(majority == int(classes[i]))
@@ -138,7 +135,7 @@ class SampleJudge:
                 out["frechet_distance"] = features_frechet(features, self.reference)
         if self.consistency:
             out["class_consistency"] = float(np.mean(self.consistency))
-            out["frame_class_accuracy"] = float(np.mean(self.frame_hits))
+            out["frame_class_accuracy"] = float(np.mean([np.mean(row) for row in self.frame_hit_rows]))
             out["num_clips"] = len(self.consistency)
             if len({len(row) for row in self.frame_hit_rows}) == 1:  # one clip length: a value per frame index
                 out["frame_class_accuracy_by_frame"] = np.mean(self.frame_hit_rows, axis=0).tolist()
