@@ -81,15 +81,22 @@ def _curve(report: Path, name: str, xs: list[float], rows: list[dict], xlabel: s
     return path.name
 
 
-def _latent_frame_means(values: list[float] | None, first_frame: int, stride: int = 4) -> list[float | None]:
-    """Per-frame values (list index k = clip frame first_frame + k) averaged over the clip frames of each latent
-    frame of the causal tokenizer: frame 0 alone, then `stride` frames each (17 frames: 0 | 1-4 | ... | 13-16)."""
+TIME_STRIDE = 4  # clip frames per latent frame after the first, in the joint tokenizer (configs/repro/tokenizer_video.yaml)
+
+
+def _latent_frame_groups(frames: int) -> list[tuple[int, int]]:
+    """[start, stop) clip frames of each latent frame of the causal tokenizer: frame 0 alone, then TIME_STRIDE frames
+    each (17 frames: 0 | 1-4 | ... | 13-16)."""
+    return [(0, 1)] + [(start, min(start + TIME_STRIDE, frames)) for start in range(1, frames, TIME_STRIDE)]
+
+
+def _latent_frame_means(values: list[float] | None, first_frame: int) -> list[float | None]:
+    """Per-frame values (list index k = clip frame first_frame + k) averaged over each latent frame's clip frames;
+    None for a latent frame with no values (I2V's given frame 0)."""
     if not values:
         return []
-    frames = first_frame + len(values)
-    groups = [(0, 1)] + [(start, min(start + stride, frames)) for start in range(1, frames, stride)]
     means = []
-    for start, stop in groups:
+    for start, stop in _latent_frame_groups(first_frame + len(values)):
         picked = values[max(start - first_frame, 0) : max(stop - first_frame, 0)]
         means.append(sum(picked) / len(picked) if picked else None)
     return means
@@ -102,13 +109,15 @@ def _per_frame_lines(t2v: dict, i2v: dict) -> list[str]:
             ("I2V", "frame class accuracy", i2v.get("frame_class_accuracy_by_frame"), 1),
             ("I2V", "agreement with the clip's majority class", i2v.get("majority_agreement_by_frame"), 1),
             ("I2V ceiling", "frame class accuracy", i2v.get("reconstruction_frame_class_accuracy_by_frame"), 1)]  # fmt: skip
+    frames = max((first + len(values) for _, _, values, first in rows if values), default=0)
     rows = [(task, measure, _latent_frame_means(values, first)) for task, measure, values, first in rows if values]
     if not rows:
         return []
-    width = max(len(means) for _, _, means in rows)
-    heads = ["frame 0"] + [f"frames {1 + 4 * g}-{4 + 4 * g}" for g in range(width - 1)]
-    lines = ["Per latent frame of the joint tokenizer (frame 0 is encoded alone, then 4 frames per latent frame; I2V "
-             "frame 0 is the given one):", "", "| task | measure | " + " | ".join(heads) + " |",
+    groups = _latent_frame_groups(frames)
+    width = len(groups)
+    heads = [f"frame {a}" if b - a == 1 else f"frames {a}-{b - 1}" for a, b in groups]
+    lines = [f"Per latent frame of the joint tokenizer (frame 0 is encoded alone, then {TIME_STRIDE} frames per latent frame; "
+             "I2V frame 0 is the given one):", "", "| task | measure | " + " | ".join(heads) + " |",
              "|---|---|" + "---|" * width]  # fmt: skip
     for task, measure, means in rows:
         cells = ["given" if m is None else _fmt(m) for m in means] + [""] * (width - len(means))  # None: I2V frame 0
