@@ -162,6 +162,35 @@ def test_reconstruction_ceiling_judges_the_tokenizers_own_round_trip_of_the_refe
     for key, value in expected.items():  # per-frame lists included
         assert scores[key] == pytest.approx(value), key
 
+    # the judge's own ceiling: the same clips as they are, worked by hand from a judge's per-frame predictions
+    # (frames 1-16; majority = the most frequent class, a tie going to the class seen first). The random judge above
+    # answers one class for everything, so this one is fitted to read content: the item's horizontal place (frame
+    # centroid in 10 bands), which moves along a clip and changes when a frame is mirrored.
+    batch = next(iterate_real(patterns["clips-test"], "video", 32, 17, batch_size=3, limit=3))
+    frames = batch["pixels"].permute(0, 2, 1, 3, 4).flatten(0, 1)
+    weight = (frames[:, 0] + 1).clamp(min=0)
+    bands = ((weight.sum(1) * torch.arange(32)).sum(1) / weight.sum((1, 2)) * 10 / 32).long().clamp(0, 9)
+    reader = SmallClassifier(num_classes=10, width=4, feature_dim=8)
+    optimizer = torch.optim.Adam(reader.parameters(), lr=0.02)
+    for _ in range(150):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(reader(frames)[0], bands).backward()
+        optimizer.step()
+    save_classifier(str(tmp_path / "reader.pt"), reader.eval(), {})
+    reader, _ = load_classifier(str(tmp_path / "reader.pt"))
+    predicted = reader(frames)[0].argmax(1).view(3, 17)[:, 1:].tolist()
+    assert len({p for clip in predicted for p in clip}) > 1, "the fitted judge should tell frames apart"
+    labels = [caption_class(c) for c in batch["caption"]]
+    majorities = [next(c for c in clip if clip.count(c) == max(map(clip.count, clip))) for clip in predicted]
+    real = ClassifierSampleMetrics(str(tmp_path / "reader.pt"), task="i2v", samples_per_condition=3, batch_size=2,
+                                   reference_shards=patterns["clips-test"], reconstruction_ceiling=True).real_scores()
+    assert real["real_num_clips"] == 3
+    assert real["real_keeps_first_frame_class"] == pytest.approx(sum(m == y for m, y in zip(majorities, labels)) / 3)
+    hits_by_frame = [sum(clip[t] == y for clip, y in zip(predicted, labels)) / 3 for t in range(16)]
+    assert real["real_frame_class_accuracy_by_frame"] == pytest.approx(hits_by_frame)
+    agreement = [sum(clip[t] == m for clip, m in zip(predicted, majorities)) / 3 for t in range(16)]
+    assert real["real_majority_agreement_by_frame"] == pytest.approx(agreement)
+
     images = ClassifierSampleMetrics(str(tmp_path / "c.pt"), task="t2i", batch_size=4, reference_limit=6,
                                      reference_shards=patterns["images-test"], reconstruction_ceiling=True)
     batch = next(iterate_real(patterns["images-test"], "image", 32, batch_size=6))
@@ -169,3 +198,5 @@ def test_reconstruction_ceiling_judges_the_tokenizers_own_round_trip_of_the_refe
     scores = images.reconstruction_scores(module)
     assert scores["reconstruction_num_images"] == 6
     assert scores["reconstruction_class_accuracy"] == pytest.approx((predicted == batch["cls"]).float().mean().item())
+    on_real = classifier(batch["pixels"][:, :, 0])[0].argmax(1)
+    assert images.real_scores()["real_class_accuracy"] == pytest.approx((on_real == batch["cls"]).float().mean().item())

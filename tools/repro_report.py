@@ -108,7 +108,8 @@ def _per_frame_lines(t2v: dict, i2v: dict) -> list[str]:
             ("T2V", "agreement with the clip's majority class", t2v.get("majority_agreement_by_frame"), 0),
             ("I2V", "frame class accuracy", i2v.get("frame_class_accuracy_by_frame"), 1),
             ("I2V", "agreement with the clip's majority class", i2v.get("majority_agreement_by_frame"), 1),
-            ("I2V ceiling", "frame class accuracy", i2v.get("reconstruction_frame_class_accuracy_by_frame"), 1)]  # fmt: skip
+            ("I2V ceiling", "frame class accuracy", i2v.get("reconstruction_frame_class_accuracy_by_frame"), 1),
+            ("I2V real clips", "frame class accuracy", i2v.get("real_frame_class_accuracy_by_frame"), 1)]  # fmt: skip
     frames = max((first + len(values) for _, _, values, first in rows if values), default=0)
     rows = [(task, measure, _latent_frame_means(values, first)) for task, measure, values, first in rows if values]
     if not rows:
@@ -165,7 +166,8 @@ def write_report(out: Path, s: dict) -> Path:
     ceiling = (ind or {"results": [{}]})["results"][0]
     lines += ["", f"The judge on the tokenizer's reconstructions of real test images (the best a generator on these tokens "
               f"can score): class accuracy {_fmt(ceiling.get('reconstruction_class_accuracy'))}, Fréchet distance "
-              f"{_fmt(ceiling.get('reconstruction_frechet_distance'), 2)}.", ""]  # fmt: skip
+              f"{_fmt(ceiling.get('reconstruction_frechet_distance'), 2)}; on the real test images themselves (the judge's "
+              f"own ceiling): {_fmt(ceiling.get('real_class_accuracy'))}.", ""]  # fmt: skip
     t2i, t2v, i2v = (_json(out / "results" / f"{k}.json") for k in ("t2i", "t2v", "i2v"))
     results.update(t2i=t2i, t2v=t2v, i2v=i2v)
     first = [(r or {"results": [{}]})["results"][0] for r in (t2i, t2v, i2v)]
@@ -181,16 +183,19 @@ def write_report(out: Path, s: dict) -> Path:
                 ("I2V", "frame class accuracy", first[2], "frame_class_accuracy", None),
                 ("I2V", "direction accuracy", first[2], "direction_accuracy", None)]  # fmt: skip
     lines += ["### T2I / T2V / I2V (random-init umT5-structured text encoder, byte tokenizer)", "",
-              "Tokenizer ceiling: the judge on the joint tokenizer's reconstructions of real test images (T2I rows) and "
-              "of the I2V reference clips, frames after the first (clip rows): the best a generator decoded by this "
-              "tokenizer can score.", "",
-              "| task | measure | value | tokenizer ceiling | target |", "|---|---|---|---|---|"]  # fmt: skip
+              "Ceilings: the judge on the real test images (T2I rows) and on the I2V reference clips, frames after the "
+              "first (clip rows), as they are (real media: the best any generator can score with this judge) and as "
+              "the joint tokenizer reconstructs them (tokenizer ceiling: the best a generator decoded by it can "
+              "score).", "",
+              "| task | measure | value | tokenizer ceiling | real media | target |", "|---|---|---|---|---|---|"]  # fmt: skip
     for task, measure, row, key, target in t2x_rows:
         digits = 2 if key == "frechet_distance" else 3
-        bound = (first[0] if task == "T2I" else first[2]).get("reconstruction_" + key)
+        reference = first[0] if task == "T2I" else first[2]
+        bound, real = reference.get("reconstruction_" + key), reference.get("real_" + key)
         mark = _mark(row.get(key), TARGETS[target]) if target else ""
         target_text = f"≥ {TARGETS[target]:.2f}" if target else ("floor above" if key == "frechet_distance" else "")
-        lines.append(f"| {task} | {measure} | {_fmt(row.get(key), digits)}{mark} | {_fmt(bound, digits)} | {target_text} |")
+        lines.append(f"| {task} | {measure} | {_fmt(row.get(key), digits)}{mark} | {_fmt(bound, digits)} | "
+                     f"{_fmt(real, digits)} | {target_text} |")  # fmt: skip
     lines.append("")
     lines += _per_frame_lines(first[1], first[2])
     if ind:

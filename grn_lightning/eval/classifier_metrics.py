@@ -46,11 +46,11 @@ class ClassifierSampleMetrics(pl.Callback):
         output_json: write {"task", "stage", "step", "results": [...]} here (None: loggers only).
         grid_dir: also save the first entry's sample grid as PNG into this folder.
         every_n_val_runs: evaluate on validation runs N, 2N, ... (sanity checks excluded); 0: test only.
-        reconstruction_ceiling: c2i, t2i or i2v: also judge the module's tokenizer reconstructions of the real
-            reference media, scored like samples (every score prefixed "reconstruction_": class accuracy and
-            Fréchet distance of images; for i2v the reference clips with their first frame skipped, so
-            "reconstruction_keeps_first_frame_class" is the best an I2V model decoded by this tokenizer can score
-            with this judge).
+        reconstruction_ceiling: c2i, t2i or i2v: also judge the real reference media themselves and the module's
+            tokenizer reconstructions of them, scored like samples (prefixes "real_" and "reconstruction_": class
+            accuracy and Fréchet distance of images; for i2v the reference clips with their first frame skipped).
+            "real_keeps_first_frame_class" is the best any I2V model can score with this judge (the judge's own
+            cap), "reconstruction_keeps_first_frame_class" the best one decoded by this tokenizer can.
         seed: base seed (batch j uses seed + j).
         log_prefix: metric name prefix.
     """
@@ -164,6 +164,7 @@ class ClassifierSampleMetrics(pl.Callback):
             if position == 0:
                 self._log_grid(trainer, stage, torch.cat(kept), requests)
         if self.reconstruction_ceiling:
+            results[0].update(self.real_scores(pl_module.device))
             results[0].update(self.reconstruction_scores(pl_module))
         pl_module.train(was_training)
         for key, value in results[0].items():
@@ -175,25 +176,33 @@ class ClassifierSampleMetrics(pl.Callback):
                 json.dump({"task": self.task, "stage": stage, "step": trainer.global_step, "results": results}, handle, indent=1)
         return results
 
-    @torch.no_grad()
+    def real_scores(self, device: torch.device | str = "cpu") -> dict:
+        """Judge the real reference media as they are, exactly as samples are judged (the judge's own ceiling: what
+        real data scores); every score prefixed "real_"."""
+        return self._reference_scores(device, lambda media: media, "real_")
+
     def reconstruction_scores(self, pl_module) -> dict:
         """Judge the tokenizer's reconstructions of the real reference media (`pl_module.reconstruct_media`: encode →
         labels → decode, as samples are) exactly as samples are judged; every score prefixed "reconstruction_"."""
-        judge = self._make_judge(pl_module.device)
+        return self._reference_scores(pl_module.device, pl_module.reconstruct_media, "reconstruction_")
+
+    @torch.no_grad()
+    def _reference_scores(self, device, transform, prefix: str) -> dict:
+        judge = self._make_judge(device)
         judge.reset()
         if self.task == "i2v":  # the clips whose first frames condition I2V, judged on the frames after the first
             for batch in iterate_real(self.reference_shards, "video", self.resolution, self.frames, batch_size=self.batch_size,
                                       limit=self.per_condition):  # fmt: skip
                 classes = torch.tensor([caption_class(c) for c in batch["caption"]])  # as _i2v_requests asks for them
                 directions = [caption_direction(c) for c in batch["caption"]]
-                judge.update_clips(pl_module.reconstruct_media(batch["pixels"]), classes, directions, skip_first=True)
+                judge.update_clips(transform(batch["pixels"]), classes, directions, skip_first=True)
         else:
             for batch in iterate_real(self.reference_shards, "image", self.resolution, batch_size=self.batch_size,
                                       limit=self.reference_limit):  # fmt: skip
-                judge.update_images(pl_module.reconstruct_media(batch["pixels"]), batch["cls"])
+                judge.update_images(transform(batch["pixels"]), batch["cls"])
         scores = judge.compute()
         judge.reset()
-        return {f"reconstruction_{key}": value for key, value in scores.items()}
+        return {f"{prefix}{key}": value for key, value in scores.items()}
 
     def _log_grid(self, trainer: pl.Trainer, stage: str, media: torch.Tensor, requests: list[dict]) -> None:
         """Images: one row per class. Clips: one row per clip (first 10 clips), one column per frame."""
