@@ -52,7 +52,8 @@ def test_t2x_table_puts_the_real_media_beside_the_tokenizer_ceiling(report_tool,
 
     results = tmp_path / "results"
     results.mkdir()
-    rows = {"t2i": {"class_accuracy": 0.8, "reconstruction_class_accuracy": 0.85, "real_class_accuracy": 0.9},
+    rows = {"t2i": {"class_accuracy": 0.8, "reconstruction_class_accuracy": 0.85, "real_class_accuracy": 0.9,
+                    "frechet_distance": 7.0, "reconstruction_frechet_distance": 2.0, "real_frechet_distance": 0.0},
             "t2v": {"class_consistency": 0.83},
             "i2v": {"keeps_first_frame_class": 0.74, "reconstruction_keeps_first_frame_class": 0.86}}  # fmt: skip
     for task, row in rows.items():
@@ -62,3 +63,4 @@ def test_t2x_table_puts_the_real_media_beside_the_tokenizer_ceiling(report_tool,
     assert "| T2I | caption-class accuracy | 0.800 ✓ | 0.850 | 0.900 | ≥ 0.75 |" in lines
     assert "| I2V | keeps the first frame's class (its label) | 0.740 ✗ | 0.860 | not run | ≥ 0.90 |" in lines
     assert "| T2V | class consistency across frames | 0.830 ✗ | not run | not run | ≥ 0.90 |" in lines
+    assert "| T2I | Fréchet distance | 7.00 | 2.00 |  | floor above |" in lines  # real vs itself: 0 says nothing
