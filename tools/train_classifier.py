@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canvas-item", type=int, default=28, help="item size in the training images (28 in 32)")
     parser.add_argument("--floor-samples", type=int, default=10000, help="train images in the Fréchet floor")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (0: torch's default). A judge trained on 1 and one on 2 threads differ in "
+                             "floating-point order and read generated samples up to 0.05 apart: pin it so that every "
+                             "run of a recipe gets the same judge")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu or cuda (make repro REPRO_SETTING=gpu)")
     parser.add_argument("--num-workers", type=int, default=1,
                         help="loader processes (a GPU step of this small network waits on one: use several there)")
@@ -63,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from grn_lightning.data.datamodule import GRNDataModule
 
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = time.time()
     data = GRNDataModule(kind="image", train_shards=args.train, resolution=32, batch_size=args.batch_size,
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_accuracy": test["accuracy"], "test_shifted_accuracy": test["shifted_accuracy"], "test_count": test["count"],
         "train_accuracy": train["accuracy"], "frechet_floor_train_vs_test": features_frechet(train_features, test_features),
         "floor_train_count": train["count"], "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
+        "threads": torch.get_num_threads(),
         "train_seconds": round(time.time() - started, 1),
     }  # fmt: skip
     save_classifier(args.out, model.cpu(), metrics)
