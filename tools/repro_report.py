@@ -194,7 +194,7 @@ def write_report(out: Path, s: dict) -> Path:
         bound, real = reference.get("reconstruction_" + key), reference.get("real_" + key)
         mark = _mark(row.get(key), TARGETS[target]) if target else ""
         target_text = f"≥ {TARGETS[target]:.2f}" if target else ("floor above" if key == "frechet_distance" else "")
-        # the real images' Fréchet distance to themselves is 0 by construction: the floor is real train vs test
+        # real images are the Fréchet reference (no distance of their own): the floor is real train vs test
         real_text = "" if key == "frechet_distance" else _fmt(real, digits)
         lines.append(f"| {task} | {measure} | {_fmt(row.get(key), digits)}{mark} | {_fmt(bound, digits)} | "
                      f"{real_text} | {target_text} |")  # fmt: skip

@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=1,
                         help="loader processes (a GPU step of this small network waits on one: use several there)")
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
 
     from grn_lightning.data.datamodule import GRNDataModule
 
-    if args.threads < 0:
-        parser.error(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -88,6 +88,7 @@ class ClassifierSampleMetrics(pl.Callback):
             raise ValueError("reconstruction_ceiling needs real reference media to reconstruct: task 'c2i', 't2i' or "
                              "'i2v' with reference_shards (t2v samples have no real counterpart)")
         self._judge: SampleJudge | None = None
+        self._real_image_scores: dict = {}  # c2i/t2i: the judge's scores of the reference images (_make_judge)
         self.runs = 0
 
     # -- setup -----------------------------------------------------------------------------------------------
@@ -96,10 +97,12 @@ class ClassifierSampleMetrics(pl.Callback):
             classifier, _ = load_classifier(self.classifier_path, device)
             reference = None
             if self.reference_shards and self.task in ("c2i", "t2i"):
-                probe = SampleJudge(classifier)
-                feats = [probe.classify(b["pixels"][:, :, 0])[1].numpy()
-                         for b in iterate_real(self.reference_shards, "image", self.resolution, limit=self.reference_limit)]
-                reference = np.concatenate(feats)
+                # one pass over the real images gives the Fréchet reference and the judge's scores of them
+                real = SampleJudge(classifier)
+                for batch in iterate_real(self.reference_shards, "image", self.resolution, limit=self.reference_limit):
+                    real.update_images(batch["pixels"], batch["cls"])
+                reference = np.concatenate(real.features)
+                self._real_image_scores = real.compute()
             self._judge = SampleJudge(classifier, reference)
         return self._judge
 
@@ -178,8 +181,12 @@ class ClassifierSampleMetrics(pl.Callback):
 
     def real_scores(self, device: torch.device | str = "cpu") -> dict:
         """Judge the real reference media as they are, exactly as samples are judged (the judge's own ceiling: what
-        real data scores); every score prefixed "real_"."""
-        return self._reference_scores(device, lambda media: media, "real_")
+        real data scores); every score prefixed "real_". Images (c2i, t2i) are the Fréchet reference itself, judged
+        in the same pass that reads them for it (so no Fréchet distance of their own, 0 by construction)."""
+        if self.task == "i2v":
+            return self._reference_scores(device, lambda media: media, "real_")
+        self._make_judge(device)
+        return {f"real_{key}": value for key, value in self._real_image_scores.items()}
 
     def reconstruction_scores(self, pl_module) -> dict:
         """Judge the tokenizer's reconstructions of the real reference media (`pl_module.reconstruct_media`: encode →
