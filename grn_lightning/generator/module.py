@@ -5,8 +5,8 @@ t2x/module.py).
   one EMA of every stage (training/ema.py). They are sharded exactly like the trained model under FSDP2 (so the
   update is a local foreach lerp on matching shards), saved in full or sharded checkpoints by the strategy without
   extra code, and called directly for sampling.
-- Scale: `configure_model` applies activation checkpointing → compile → FSDP2 to the model and its EMA tracks in
-  one place (parallelize.py); FSDP1 (`FSDPStrategy`) gets its norm clipping through the root wrapper.
+- Scale: `configure_model` applies activation checkpointing → compile (the trained model only) → FSDP2 (the model
+  and its EMA tracks) in one place (parallelize.py); FSDP1 (`FSDPStrategy`) gets its norm clipping through the root wrapper.
 - Optimiser: AdamW over decay/no-decay groups, fused on plain CUDA tensors, linear warm-up then constant LR.
 - The frozen HBQ tokenizer is NOT a submodule (frozen; outside optimisers, checkpoints and FSDP units; see
   frozen_tokenizer.py): subclasses keep it in `__dict__` and reach it through `_require_tokenizer`.
@@ -123,8 +123,12 @@ class GeneratorModule(L.LightningModule):
         if par.activation_checkpointing:
             parallelize.apply_activation_checkpointing(self.model)
         if par.compile != "none":
-            for net in (self.model, *[m for m, _ in self._ema_tracks()]):
-                parallelize.apply_compile(net, par.compile)
+            # The trained net only. The EMA tracks only sample, with shapes that change with every sampler step,
+            # slot batch and task: compiled, one T2X validation (T2I + T2V + I2V samples) passed dynamo's recompile
+            # limit and the fullgraph compile stopped the run (`make repro`, fourteenth session). Compiled sampling
+            # wants fixed shapes: `RefinementSampler(static_shapes=True)` with blocks compiled by the caller
+            # (benchmarks/c2i_sample.py).
+            parallelize.apply_compile(self.model, par.compile)
         mesh = self._device_mesh
         if mesh is not None:
             dp_mesh = parallelize.data_parallel_mesh(mesh)

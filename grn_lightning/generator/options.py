@@ -155,7 +155,8 @@ class Parallelism:
 
     Args:
         activation_checkpointing: recompute each block in backward (saves activation memory).
-        compile: torch.compile the transformer per "block", as a whole "model", or "none".
+        compile: torch.compile the trained transformer per "block", as a whole "model", or "none" (its EMA
+            copies, which only sample, stay eager: sampling shapes change every step).
         fsdp_bf16_params: under FSDP2, gather parameters in bf16 with fp32 gradient reduction.
         fsdp_reshard_after_forward: under FSDP2, free gathered block weights after forward (ZeRO-3).
     """
