@@ -17,9 +17,10 @@ _CPU = {
     "classifier_args": ["--steps", "7200", "--batch-size", "64", "--width", "16", "--threads", "1"],
     "tokenizer_steps": 2000, "video_tokenizer_steps": 3000, "tokenizer_args": [], "limit_test_batches": 40,
     "ablation_steps": 1000, "c2i_bit_steps": 2000,
-    # Per-block torch.compile of GRN_ind/GRN_bit and the T2X (fit and test): one thread beside another fit, a step
-    # 0.586 -> 0.498 s (C2I) and 0.341 -> 0.304 s (T2X), the C2I test 296 -> 216 s at equal scores; compiling costs
-    # about 35 s a run. The configs stay eager (the `ci` setting's short runs would not earn the compile back)
+    # Per-block torch.compile of the trained GRN_ind/GRN_bit and T2X nets: one thread beside another fit, a step
+    # 0.586 -> 0.498 s (C2I) and 0.341 -> 0.304 s (T2X); compiling costs about 35 s a run. Their EMA copies, which
+    # sample in validation and test, stay eager (parallelism.compile). The configs stay eager (the `ci` setting's
+    # short runs would not earn the compile back)
     "c2i_steps": 2000, "c2i_args": _COMPILE, "t2x_steps": 12000, "t2x_args": _COMPILE,
     "samples_per_condition": 10, "judge_batch": 50, "reference_limit": 10000, "i2v_clips": 50,
     "t2v_per_condition": 2, "t2x_sweep": None,
