@@ -200,3 +200,63 @@ def test_reconstruction_ceiling_judges_the_tokenizers_own_round_trip_of_the_refe
     assert scores["reconstruction_class_accuracy"] == pytest.approx((predicted == batch["cls"]).float().mean().item())
     on_real = classifier(batch["pixels"][:, :, 0])[0].argmax(1)
     assert images.real_scores()["real_class_accuracy"] == pytest.approx((on_real == batch["cls"]).float().mean().item())
+
+
+class _CountingC2I(torch.nn.Module):
+    """A C2I stand-in whose sampler is configured for 50 steps, CFG 2, τ 1: it records every sampling call and draws
+    an image whose content depends on the class and on the steps and τ it was asked for."""
+
+    def __init__(self):
+        super().__init__()
+        from grn_lightning.generator.sampling.sampler import RefinementSampler
+
+        self.sampler = RefinementSampler(steps=50, cfg_scale=2.0, temperature=1.0)
+        self.calls: list[dict] = []
+        self.device = torch.device("cpu")
+
+    def sample_labels(self, ids, generator, **overrides):
+        from types import SimpleNamespace
+
+        from grn_lightning.generator.sampling.options import with_overrides
+
+        self.calls.append(dict(overrides))
+        sampler = with_overrides(self.sampler, overrides)
+        self.last = (sampler.steps, sampler.temperature)
+        n = len(ids)
+        return SimpleNamespace(labels=ids, steps=torch.full((n,), float(sampler.steps)), rows_forwarded=n * sampler.steps,
+                               forward_calls=sampler.steps)  # fmt: skip
+
+    def decode(self, labels):
+        steps, temperature = self.last
+        images = torch.full((len(labels), 3, 32, 32), -1.0)
+        for i, c in enumerate(labels.tolist()):
+            images[i, :, 3 * c : 3 * c + 4, : steps // 2] = temperature
+        return images
+
+    def log(self, *args, **kwargs):
+        pass
+
+
+def test_classifier_sample_metrics_samples_each_distinct_setting_once(tmp_path):
+    """Sweep entries that build the same sampler ({} and {"steps": 50} with a 50-step config; CFG 2 given or not)
+    are sampled once and reuse the scores; every other entry is sampled, mask decoding included."""
+    from types import SimpleNamespace
+
+    from grn_lightning.eval.classifier_metrics import ClassifierSampleMetrics
+
+    torch.manual_seed(0)
+    save_classifier(str(tmp_path / "c.pt"), SmallClassifier(num_classes=10, width=4, feature_dim=8).eval(), {})
+    sweep = [{}, {"steps": 50}, {"steps": 16}, {"steps": 16, "cfg_scale": 2.0}, {"steps": 16, "temperature": 0.7},
+             {"steps": 16, "decoding": "mask", "selection": "confidence"}]  # fmt: skip
+    judge = ClassifierSampleMetrics(str(tmp_path / "c.pt"), task="c2i", samples_per_condition=2, batch_size=10,
+                                    sweep=sweep, output_json=str(tmp_path / "out.json"))  # fmt: skip
+    module = _CountingC2I()
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[], global_step=0)
+    results = judge.evaluate(trainer, module, "test")
+
+    # 20 requests in batches of 10: two calls per sampled entry; entries 1 and 3 are never sampled
+    assert module.calls == [{}] * 2 + [{"steps": 16}] * 2 + [{"steps": 16, "temperature": 0.7}] * 2 + [sweep[5]] * 2
+    assert [r.get("same_as_entry") for r in results] == [None, 0, None, 2, None, None]
+    assert [r["sampling"] for r in results] == sweep
+    assert [r["mean_steps"] for r in results] == [50.0, 50.0, 16.0, 16.0, 16.0, 16.0]
+    assert results[1]["class_accuracy"] == results[0]["class_accuracy"]

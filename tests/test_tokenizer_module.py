@@ -29,7 +29,8 @@ def _adamw(lr: float):
     return lambda params: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
 
 
-def _module(perceptual: float = 0.0, ema_decay: float | None = 0.999, lr: float = 1e-3, seed: int = 0, lr_decay: str = "none"):
+def _module(perceptual: float = 0.0, ema_decay: float | None = 0.999, lr: float = 1e-3, seed: int = 0, lr_decay: str = "none",
+            eval_lpips: bool = True):
     torch.manual_seed(seed)
     return TokenizerModule(
         tokenizer=HBQTokenizer(preset="tiny", latent_channels=16, num_rounds=4),
@@ -40,6 +41,7 @@ def _module(perceptual: float = 0.0, ema_decay: float | None = 0.999, lr: float 
         ema_decay=ema_decay,
         num_logged_samples=0,
         lr_decay=lr_decay,
+        eval_lpips=eval_lpips,
     )
 
 
@@ -343,8 +345,8 @@ def test_tiny_tokenizer_beats_untrained_psnr_on_held_out_photos(demo_data, tmp_p
     assert result["ssim_trained"] > result["ssim_untrained"], result
 
 
-def _test_metrics(tmp_path, shards: str, precision: str) -> dict:
-    module = _module()
+def _test_metrics(tmp_path, shards: str, precision: str, eval_lpips: bool = True) -> dict:
+    module = _module(eval_lpips=eval_lpips)
     # A fixed "reconstruction" (contrast halved, shifted) in fp32: the metrics alone are what differs by precision
     module.tokenizer.forward = lambda x: (x * 0.5 + 0.1, None)
     trainer = _trainer(tmp_path, 1, precision=precision, limit_test_batches=2)
@@ -360,3 +362,17 @@ def test_test_metrics_are_computed_in_fp32_under_bf16_autocast(tmp_path, demo_im
     for name in ("test/psnr", "test/ssim"):
         assert bf16[name] == pytest.approx(fp32[name], abs=1e-4), name
     assert 0.0 < fp32["test/ssim"] < 0.99  # a real comparison, not identical images
+
+
+def test_eval_lpips_off_reports_psnr_and_ssim_only_and_never_builds_the_vgg(tmp_path, demo_image_shards):
+    """The Fashion-MNIST recipe has no VGG weights (random trunk): `eval_lpips: false` drops that meaningless number
+    and its cost; PSNR and SSIM are those of the run with LPIPS."""
+    with_lpips = _test_metrics(tmp_path / "on", demo_image_shards, "32-true")
+    without = _test_metrics(tmp_path / "off", demo_image_shards, "32-true", eval_lpips=False)
+    assert "test/lpips_vgg" in with_lpips and "test/lpips_vgg" not in without
+    for name in ("test/psnr", "test/ssim"):
+        assert without[name] == pytest.approx(with_lpips[name], abs=1e-6), name
+    module = _module(eval_lpips=False)
+    module.tokenizer.forward = lambda x: (x * 0.5 + 0.1, None)
+    _trainer(tmp_path / "off2", 1, limit_test_batches=1).test(module, datamodule=_data(demo_image_shards, test_shards=demo_image_shards), verbose=False)
+    assert module.loss._lpips == []  # the VGG trunk was never built

@@ -81,6 +81,8 @@ def _curve(report: Path, name: str, xs: list[float], rows: list[dict], xlabel: s
     return path.name
 
 
+# seconds cell of a sweep row whose sampler equals an earlier row's (classifier_metrics.sampling_key): scored once
+_REUSED = " (same sampler as an earlier row: its samples and scores)"
 TIME_STRIDE = 4  # clip frames per latent frame after the first, in the joint tokenizer (configs/repro/tokenizer_video.yaml)
 
 
@@ -219,7 +221,8 @@ def write_report(out: Path, s: dict) -> Path:
             lines += [f"### {title}", "", "| setting | class accuracy | Fréchet distance | mean steps | forward rows | seconds |",
                       "|---|---|---|---|---|---|"]  # fmt: skip
             lines += [f"| {label} | {_fmt(r.get('class_accuracy'))} | {_fmt(r.get('frechet_distance'), 2)} | {_fmt(r.get('mean_steps'), 1)} | "
-                      f"{_fmt(r.get('rows_forwarded'))} | {_fmt(r.get('seconds'), 1)} |" for label, r in picked]  # fmt: skip
+                      f"{_fmt(r.get('rows_forwarded'))} | {_fmt(r.get('seconds'), 1)}{_REUSED if 'same_as_entry' in r else ''} |"
+                      for label, r in picked]  # fmt: skip
             lines.append("")
             if table in ("cfg", "tau") and len(picked) > 1:
                 xs = [float(label) for label, _ in picked]

@@ -16,13 +16,19 @@ _CPU = {
     # (`--stages classifier`, a resume) both cores, and a two-thread judge read the same samples up to 0.05 lower
     "classifier_args": ["--steps", "7200", "--batch-size", "64", "--width", "16", "--threads", "1"],
     "tokenizer_steps": 2000, "video_tokenizer_steps": 3000, "tokenizer_args": [], "limit_test_batches": 40,
-    "ablation_steps": 1000, "c2i_bit_steps": 2000,
+    # 600 steps (1,000 until the fifteenth session): the four M-ablation fits are time off the T2X chain's second
+    # core; the table compares M at one equal length
+    "ablation_steps": 600, "c2i_bit_steps": 2000,
     # Per-block torch.compile of the trained GRN_ind/GRN_bit and T2X nets: one thread beside another fit, a step
     # 0.586 -> 0.498 s (C2I) and 0.341 -> 0.304 s (T2X); compiling costs about 35 s a run. Their EMA copies, which
     # sample in validation and test, stay eager (parallelism.compile). The configs stay eager (the `ci` setting's
     # short runs would not earn the compile back)
-    "c2i_steps": 2000, "c2i_args": _COMPILE, "t2x_steps": 12000, "t2x_args": _COMPILE,
-    "samples_per_condition": 10, "judge_batch": 50, "reference_limit": 10000, "i2v_clips": 50,
+    # T2X 11,000 steps (12,000 until the fifteenth session): the T2X chain is the run's longest; with 12,000 the
+    # whole run was estimated at 90 minutes on the slower 2-core host even after the cuts above (docs/REPRODUCTION.md).
+    # I2V judged on 200 test clips (50 before): on 50 the tokenizer's own reconstructions kept the label 0.86 of the
+    # time (200: 0.905), one clip is 0.02; entropy-guided T2X sampling (configs/repro/t2x.yaml) pays for the 150 more
+    "c2i_steps": 2000, "c2i_args": _COMPILE, "t2x_steps": 11000, "t2x_args": _COMPILE,
+    "samples_per_condition": 10, "judge_batch": 50, "reference_limit": 10000, "i2v_clips": 200,
     "t2v_per_condition": 2, "t2x_sweep": None,
     "compare_steps": [8, 16], "sweep_steps": 16, "cfg_scales": [1.0, 1.5, 2.0, 3.0, 4.0], "temperatures": [0.7, 1.0, 1.3],
 }  # fmt: skip
@@ -60,7 +66,7 @@ SETTINGS: dict[str, dict] = {
         "c2i_steps": 1000, "c2i_bit_steps": 400, "t2x_steps": 300, "t2x_args": [],
         "c2i_args": ["--model.init_args.transformer.init_args.size", "tiny", "--model.init_args.ema.decay", "0.98"],
         "samples_per_condition": 5, "reference_limit": 1000, "i2v_clips": 10,
-        "t2v_per_condition": 1, "t2x_sweep": [{"steps": 16}],
+        "t2v_per_condition": 1, "t2x_sweep": [{"steps": 16, "adaptive": None}],
         "compare_steps": [8], "cfg_scales": [2.0], "temperatures": [1.0],
     },  # fmt: skip
 }

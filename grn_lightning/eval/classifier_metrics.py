@@ -7,7 +7,8 @@ For small labelled datasets (Fashion-MNIST, docs/REPRODUCTION.md) where Inceptio
 - t2v: "a {class} moving {direction}" for every class × direction → class consistency across frames,
   frame class accuracy, motion-direction accuracy (centroid track);
 - i2v: first frames of real test clips with their captions → keeps-the-first-frame's-class, direction accuracy.
-Each entry of `sweep` (sampling overrides) is evaluated in turn, so one `grn test` run fills an ablation table.
+Each entry of `sweep` (sampling overrides) is evaluated in turn, so one `grn test` run fills an ablation table; an
+entry that samples exactly as an earlier one (same effective sampler options) reuses its scores (`same_as_entry`).
 Results go to the loggers (the first sweep entry under `{stage}/{prefix}_*`), to `output_json` (every entry)
 and, for the first entry, to a TensorBoard sample grid (per-class rows, or one frame strip per clip).
 """
@@ -26,8 +27,22 @@ from grn_lightning.data.fashion_mnist import CLASS_NAMES, DIRECTIONS, caption_cl
 from grn_lightning.eval.classifier import load_classifier
 from grn_lightning.eval.real_media import iterate_real
 from grn_lightning.eval.sample_judges import SampleJudge
+from grn_lightning.generator.sampling.options import sampler_options, with_overrides
 
 TASKS = ("c2i", "t2i", "t2v", "i2v")
+
+
+def sampling_key(pl_module: pl.LightningModule, overrides: dict) -> str | None:
+    """A string equal for sweep entries that sample alike: the options of the sampler the overrides build over the
+    module's `sampler`, plus the overrides the sampler does not take (e.g. `i2v_guidance`). {} and {"steps": 50} are
+    one setting when the config samples 50 steps. None when the module has no `sampler` (no entry is then reused)."""
+    sampler = getattr(pl_module, "sampler", None)
+    if sampler is None:
+        return None
+    known = set(sampler_options(sampler)) | {"decoding"}
+    built = with_overrides(sampler, {k: v for k, v in overrides.items() if k in known})
+    rest = sorted((k, repr(v)) for k, v in overrides.items() if k not in known)
+    return repr((type(built).__name__, sorted((k, repr(v)) for k, v in sampler_options(built).items()), rest))
 
 
 class ClassifierSampleMetrics(pl.Callback):
@@ -143,8 +158,13 @@ class ClassifierSampleMetrics(pl.Callback):
         requests = self._i2v_requests() if self.task == "i2v" else self.requests()
         was_training = pl_module.training
         pl_module.eval()
-        results = []
+        results, done = [], {}
         for position, overrides in enumerate(self.sweep):
+            key = sampling_key(pl_module, overrides)
+            if key is not None and key in done:  # same sampler and seeds as an earlier entry: same samples, same scores
+                results.append({**results[done[key]], "sampling": overrides, "same_as_entry": done[key]})
+                continue
+            done.setdefault(key, position)
             judge.reset()
             started, totals, kept = time.time(), {"steps": 0.0, "rows": 0, "calls": 0}, []
             with torch.no_grad():

@@ -88,6 +88,9 @@ class TokenizerModule(L.LightningModule):
         num_logged_samples: samples of the first validation/test batch of each dataloader shown in TensorBoard
             (inputs next to reconstructions); 0 disables.
         max_logged_frames: frames per clip shown in those grids (evenly spaced).
+        eval_lpips: also report LPIPS-VGG in validation/test (beside PSNR and SSIM). False where its VGG trunk is
+            random-initialised (`loss.random_backbone`: no weights offline), so its number would mean nothing; at
+            32² on a CPU that metric is most of a test's compute (two VGG16 trunks per frame).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class TokenizerModule(L.LightningModule):
         eval_with_ema: bool = True,
         num_logged_samples: int = 4,
         max_logged_frames: int = 8,
+        eval_lpips: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("warmup_steps", warmup_steps), ("num_logged_samples", num_logged_samples),
@@ -124,9 +128,10 @@ class TokenizerModule(L.LightningModule):
         self.disc_optimizer_factory = disc_optimizer or default_tokenizer_optimizer
         self.ema = EMA((ema_decay,)) if ema_decay is not None else None
         self._eval_stack = ExitStack()
+        self.eval_metric_names = tuple(m for m in _EVAL_METRICS if eval_lpips or m != "lpips_vgg")
         # Per stage and dataloader (image / video validation sets) means over valid frames; not in checkpoints.
         self.eval_metrics = nn.ModuleDict(
-            {f"{stage}{i}_{m}": MeanMetric() for stage in ("val", "test") for i in range(2) for m in _EVAL_METRICS}
+            {f"{stage}{i}_{m}": MeanMetric() for stage in ("val", "test") for i in range(2) for m in self.eval_metric_names}
         )
         parts = {n: _count(m) for n, m in self.tokenizer.named_children() if _count(m)}
         self.num_tokenizer_parameters = _count(self.tokenizer)
@@ -259,11 +264,12 @@ class TokenizerModule(L.LightningModule):
                 values = {
                     "psnr": 10 * torch.log10(1.0 / mse),  # PSNR on [0, 1] per frame (SPEC §7)
                     "ssim": structural_similarity_index_measure(fake, real, data_range=1.0, reduction="none"),
-                    "lpips_vgg": self.loss.lpips_per_frame(real * 2 - 1, fake * 2 - 1),
                 }
+                if "lpips_vgg" in self.eval_metric_names:
+                    values["lpips_vgg"] = self.loss.lpips_per_frame(real * 2 - 1, fake * 2 - 1)
             for name, value in values.items():
                 self.eval_metrics[f"{stage}{min(dataloader_idx, 1)}_{name}"].update(value.float())
-        for name in _EVAL_METRICS:
+        for name in self.eval_metric_names:
             metric = self.eval_metrics[f"{stage}{min(dataloader_idx, 1)}_{name}"]
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=int(valid.sum()))
         if batch_idx == 0 and self.hparams.num_logged_samples > 0:
