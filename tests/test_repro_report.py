@@ -64,3 +64,26 @@ def test_t2x_table_puts_the_real_media_beside_the_tokenizer_ceiling(report_tool,
     assert "| I2V | keeps the first frame's class (its label) | 0.740 ✗ | 0.860 | not run | ≥ 0.90 |" in lines
     assert "| T2V | class consistency across frames | 0.830 ✗ | not run | not run | ≥ 0.90 |" in lines
     assert "| T2I | Fréchet distance | 7.00 | 2.00 |  | floor above |" in lines  # real vs itself: 0 says nothing
+
+
+def test_sweep_tables_mark_rows_scored_once_for_an_identical_entry(report_tool, tmp_path):
+    """GRN_ind's sweep table rows come from results/c2i_ind.json in sweep order; a row that reuses an identical
+    entry's scores (`same_as_entry`) says so in its seconds cell, the others show their own seconds."""
+    import json
+
+    from repro_settings import SETTINGS, sweep_entries
+
+    entries = sweep_entries(SETTINGS["cpu"])
+    results = []
+    for i, (_, _, sampling) in enumerate(entries):
+        row = {"sampling": sampling, "class_accuracy": 0.5, "seconds": float(i)}
+        if sampling == {"steps": 50}:
+            row["same_as_entry"] = 0
+        results.append(row)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "c2i_ind.json").write_text(json.dumps({"results": results}))
+    lines = (report_tool.write_report(tmp_path, SETTINGS["cpu"])).read_text().splitlines()
+    fixed = next(i for i, (_, _, sampling) in enumerate(entries) if sampling == {"steps": 50})
+    adaptive = next(i for i, (_, label, _) in enumerate(entries) if label.startswith("entropy-guided"))
+    assert f"| fixed 50 steps | 0.500 | not run | not run | not run | {fixed}.0 (same sampler as an earlier sweep entry: scored once) |" in lines
+    assert f"| entropy-guided (paper k, b; 20-50) | 0.500 | not run | not run | not run | {adaptive}.0 |" in lines

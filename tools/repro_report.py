@@ -82,7 +82,7 @@ def _curve(report: Path, name: str, xs: list[float], rows: list[dict], xlabel: s
 
 
 # seconds cell of a sweep row whose sampler equals an earlier row's (classifier_metrics.sampling_key): scored once
-_REUSED = " (same sampler as an earlier row: its samples and scores)"
+_REUSED = " (same sampler as an earlier sweep entry: scored once)"
 TIME_STRIDE = 4  # clip frames per latent frame after the first, in the joint tokenizer (configs/repro/tokenizer_video.yaml)
 
 
