@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,25 @@ def test_the_t2x_recipe_packs_every_sample_of_its_batches(grid, count):
     assert plan.dropped == [] and len(plan.kept_indices) == count
     if grid[0] > 1:  # 320 + 48 + 1 = 369 tokens a clip: one clip per row, the short rows the recipe is after
         assert plan.rows == count
+
+
+def test_a_second_runner_on_the_same_folder_stops_naming_the_first_and_starts_once_it_ends(tmp_path):
+    """Two runners on one folder would train the same stages twice on shared cores. The second stops with the first
+    one's pid; once that process ends (here: killed, as a crash would end it) the folder can be run again."""
+    repro = _load_tool("repro")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, 'tools'); import repro; from pathlib import Path; "
+         f"r = repro.Runner(Path({str(tmp_path)!r}), {{'device': 'CPU'}}, force=False); print('held', flush=True); "
+         "time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=re.escape(f"another run is using {tmp_path} (pid {holder.pid}, started ")):
+            repro.Runner(tmp_path, {"device": "CPU"}, force=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    runner = repro.Runner(tmp_path, {"device": "CPU"}, force=False)  # the lock went with the process
+    assert f"pid {os.getpid()}" in (tmp_path / "repro.lock").read_text()
+    del runner
