@@ -36,6 +36,11 @@ from grn_lightning.training.thread_budget import write_thread_budget  # noqa: E4
 CONFIGS = "configs/repro"
 
 
+def _utc(seconds: float | None = None) -> str:
+    """A UTC time stamp as runs.jsonl and repro.lock write it (now, or `seconds` since the epoch)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def _lock_folder(out: Path):
     """Hold an exclusive lock on `out/repro.lock` for this process's life (released by the OS when it ends, crash or
     kill included, so a stopped run never leaves a stale lock). A second runner on the same folder would train the
@@ -56,7 +61,7 @@ def _lock_folder(out: Path):
         ) from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    handle.write(f"pid {os.getpid()}, started {_utc()}")
     handle.flush()
     return handle
 
@@ -114,8 +119,8 @@ class Runner:
                 self._budgets.discard(budget)
         entry = {"name": name, "command": command, "seconds": round(time.time() - started, 1), "exit": code,
                  "commit": commit, "device": self.setting["device"], "jobs": self.jobs, "threads_at_start": threads,
-                 "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                 "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+                 "started_utc": _utc(started),
+                 "time_utc": _utc()}  # fmt: skip
         with self._lock, open(self.log, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
         if code != 0:
