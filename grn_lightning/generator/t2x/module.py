@@ -33,6 +33,7 @@ from grn_lightning.generator.frozen_tokenizer import freeze
 from grn_lightning.generator.module import GeneratorModule
 from grn_lightning.generator.t2x.bucket_packing import label_dtype, pack_bucket, plan_bucket
 from grn_lightning.generator.options import Corruption, EMATracks, Optimization, Parallelism
+from grn_lightning.generator.token_cache import MIB, TokenCache
 from grn_lightning.generator.t2x.packing import (
     RELEASE_MAX_FRACTION,
     RELEASE_TOKEN_BUDGET,
@@ -117,6 +118,9 @@ class T2XModule(GeneratorModule):
             Chosen per run like the sampler, not saved in checkpoints.
         task: "auto" (images → T2I, videos → T2V or I2V), or force "t2i" / "t2v" / "i2v".
         i2v_probability: with task "auto", the share of video samples trained as I2V (clean first latent frame).
+        token_cache_mib: memory (MiB) for the frozen tokenizer's labels of training media, keyed by pixel content,
+            so a sample seen again is not encoded again (generator/token_cache.py); 0 = off. It pays on the CPU when
+            epochs repeat unaugmented samples (the Fashion-MNIST recipe); on a GPU, or with token shards, leave it 0.
         corruption: kept-fraction distribution and caption dropout (release T2I/T2V: logit-normal(−1.3, 1.3), 10%).
         packing: token budget and row packing of a step.
         optimization: AdamW (SPEC §3: lr 2e-4, 2e-5 for fine-tuning; betas (0.9, 0.999); weight decay 0.01) and
@@ -136,6 +140,7 @@ class T2XModule(GeneratorModule):
         i2v_guidance: str = "text",
         task: str = "auto",
         i2v_probability: float = 0.0,
+        token_cache_mib: int = 0,
         corruption: Corruption = Corruption(ratio_mu=-1.3, ratio_sigma=1.3),
         packing: Packing = Packing(),
         optimization: Optimization = Optimization(lr=2e-4, betas=(0.9, 0.999), weight_decay=0.01, warmup_steps=50),
@@ -157,7 +162,10 @@ class T2XModule(GeneratorModule):
             )
         self._init_generator(transformer, tokenizer, tokenizer_ckpt, sampler or RefinementSampler(**T2X_SAMPLING),
                              corruption, optimization, ema, parallelism)  # fmt: skip
+        if token_cache_mib < 0:
+            raise ValueError(f"model.token_cache_mib must be >= 0 (0 turns the cache off), got {token_cache_mib}")
         self.task, self.i2v_probability = task, i2v_probability
+        self.token_cache = TokenCache(token_cache_mib * MIB) if token_cache_mib else None
         self.negative_prompt, self.packing, self.i2v_guidance = negative_prompt, packing, i2v_guidance
         # Frozen helper held in __dict__, not _modules: no state_dict entries, no FSDP/optimiser involvement.
         object.__setattr__(self, "text_encoder", None if text_encoder is None else freeze(text_encoder))
@@ -193,7 +201,10 @@ class T2XModule(GeneratorModule):
         batch."""
         if "tokens" in batch:
             return batch["tokens"]
-        return self._require_tokenizer("training on media batches").tokenize(batch["pixels"].float())
+        tokenizer = self._require_tokenizer("training on media batches")
+        if self.token_cache is not None and self.training:
+            return self.token_cache.tokenize(batch["pixels"], lambda pixels: tokenizer.tokenize(pixels.float()))
+        return tokenizer.tokenize(batch["pixels"].float())
 
     def _tasks(self, frames: int, count: int, generator: torch.Generator | None) -> list[str]:
         task = self.task
@@ -307,6 +318,9 @@ class T2XModule(GeneratorModule):
         # the batch's latent frames (1 = images) and I2V share: what the mixed image/video stream actually fed
         self._log_host("train/latent_frames", packed.frames, samples)
         self._log_host("train/i2v_fraction", packed.i2v_fraction, samples)
+        if self.token_cache is not None:  # share of training samples answered from memory so far
+            cache = self.token_cache
+            self._log_host("train/token_cache_hit_rate", cache.hits / max(1, cache.hits + cache.misses), samples)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
