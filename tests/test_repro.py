@@ -125,3 +125,33 @@ def test_a_second_runner_on_the_same_folder_stops_naming_the_first_and_starts_on
     runner = repro.Runner(tmp_path, {"device": "CPU"}, force=False)  # the lock went with the process
     assert f"pid {os.getpid()}" in (tmp_path / "repro.lock").read_text()
     del runner
+
+
+def test_one_part_of_a_stage_runs_alone_and_a_misspelt_stage_is_refused(tmp_path, monkeypatch):
+    """`--stages c2i_bit` runs GRN_bit's fit and judged test and nothing else (the tokenizer and token shards of an
+    earlier run are reused); `c2i` runs both variants, GRN_ind first; an unknown part stops before any command."""
+    repro = _load_tool("repro")
+    (tmp_path / "data").mkdir()
+    splits = ("images-train", "images-val", "images-test", "clips-train", "clips-test")
+    marker = {"patterns": {split: f"shards/{split}-{{000000..000000}}.tar" for split in splits}}
+    (tmp_path / "data" / "fashion_mnist.json").write_text(json.dumps(marker))
+
+    def fake_call(command, **kwargs):  # a fit makes its run folder, where the runner marks it done
+        if "--trainer.default_root_dir" in command:
+            Path(command[command.index("--trainer.default_root_dir") + 1]).mkdir(parents=True, exist_ok=True)
+        return 0
+
+    monkeypatch.setattr(repro.subprocess, "call", fake_call)
+
+    def stages_run(stages: str, out: Path) -> list[str]:
+        repro.main(["--setting", "ci", "--out", str(out), "--stages", stages])
+        return [json.loads(line)["name"] for line in (out / "runs.jsonl").read_text().splitlines()]
+
+    assert stages_run("c2i_bit", tmp_path) == ["c2i_bit_fit", "c2i_bit_test"]
+    other = tmp_path / "both"
+    (other / "data").mkdir(parents=True)
+    (other / "data" / "fashion_mnist.json").write_text(json.dumps(marker))
+    assert stages_run("c2i", other) == ["c2i_ind_fit", "c2i_ind_test", "c2i_bit_fit", "c2i_bit_test"]
+    with pytest.raises(SystemExit):
+        repro.main(["--setting", "ci", "--out", str(tmp_path / "typo"), "--stages", "c2i_bits"])
+    assert not (tmp_path / "typo").exists()

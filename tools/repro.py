@@ -8,9 +8,9 @@ configs in configs/repro/, then the tables and plots.
 
 Stages (each skipped when its result exists, so an interrupted run resumes): data (tools/make_fashion_mnist.py),
 classifier (tools/train_classifier.py), tokenizer (image M=4 fit + test), ablation (M=2, M=8, continuous),
-tokens (tools/tokenize_shards.py), c2i (GRN_ind with the sampling sweeps, GRN_bit), t2x (joint tokenizer, then T2I +
-T2V + I2V), report (tables.md, results.json, PNG plots). Every command, its wall time and the commit go to
-runs.jsonl; the report quotes them.
+tokens (tools/tokenize_shards.py), c2i (GRN_ind with the sampling sweeps, GRN_bit; either alone: c2i_ind, c2i_bit),
+t2x (joint tokenizer, then T2I + T2V + I2V), report (tables.md, results.json, PNG plots). Every command, its wall
+time and the commit go to runs.jsonl; the report quotes them.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _judge(task: str, out: Path, s: dict, reference: str | None, sweep: list[dic
 # Stages that depend on each other run in order inside a chain; chains run side by side with --jobs > 1 (the
 # classifier comes first in its chain and ends long before the T2X chain's test needs it). "stage/k" is part k of a
 # stage: the ablation's two halves are separate chains, so that each worker takes one when its long chain ends.
-CHAINS = (("classifier", "tokenizer", "tokens", "c2i"), ("t2x",), ("ablation/0",), ("ablation/1",))
+CHAINS = (("classifier", "tokenizer", "tokens", "c2i/ind", "c2i/bit"), ("t2x",), ("ablation/0",), ("ablation/1",))
 ABLATION = ((("tokenizer_m2", "tokenizer_m2.yaml"), ("tokenizer_m8", "tokenizer_m8.yaml")),
             (("tokenizer_m4", None), ("tokenizer_continuous", "tokenizer_continuous.yaml")))  # fmt: skip
 
@@ -191,18 +191,28 @@ def _stage(item: str) -> str:
     return item.split("/")[0]
 
 
+def _selected(item: str, stages: list[str]) -> bool:
+    """Whether --stages runs a chain item: its stage is named (all parts: "c2i"), or the part on its own with an
+    underscore ("c2i_bit": GRN_bit alone, on the token shards and tokenizer an earlier run left)."""
+    return _stage(item) in stages or item.replace("/", "_") in stages
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="cpu")
     parser.add_argument("--out", default="outputs/repro")
     parser.add_argument("--idx-dir", default=None, help="Fashion-MNIST IDX folder (default: tools/make_fashion_mnist.py's)")
-    parser.add_argument("--stages", default="data,classifier,tokenizer,ablation,tokens,c2i,t2x,report")
+    parser.add_argument("--stages", default="data,classifier,tokenizer,ablation,tokens,c2i,t2x,report",
+                        help="stages to run, in chain order; one part of a stage alone: c2i_ind, c2i_bit, ablation_0, "
+                             "ablation_1")
     parser.add_argument("--jobs", type=int, default=None, help="chains run side by side (default: the setting's)")
     parser.add_argument("--force", action="store_true", help="rerun stages whose results exist")
     args = parser.parse_args(argv)
     s, out = SETTINGS[args.setting], Path(args.out).resolve()
     stages = args.stages.split(",")
-    unknown = sorted(set(stages) - {"data", "report", *(_stage(item) for chain in CHAINS for item in chain)})
+    items = [item for chain in CHAINS for item in chain]
+    known = {"data", "report", *(_stage(item) for item in items), *(i.replace("/", "_") for i in items if "/" in i)}
+    unknown = sorted(set(stages) - known)
     if unknown:
         parser.error(f"unknown stages {unknown}")
     runner = Runner(out, s, args.force, args.jobs or s["jobs"])
@@ -249,29 +259,28 @@ def main(argv: list[str] | None = None) -> int:
                        tokens / f"{split}.done")  # fmt: skip
             (tokens / f"{split}.done").touch()
 
-    def c2i() -> None:
+    def c2i(variant: str) -> None:
         token_patterns = {k: patterns[k].replace(str(data / "shards"), str(tokens)) for k in ("images-train", "images-val")}
-        for variant in ("ind", "bit"):
-            name = f"c2i_{variant}"
-            configs = ["--config", f"{CONFIGS}/c2i_ind.yaml"] + (["--config", f"{CONFIGS}/c2i_bit.yaml"] if variant == "bit" else [])
-            common = [*configs, *_run_dir(out, name), *trainer, *s["c2i_args"],
-                      "--model.init_args.tokenizer_ckpt", str(_ckpt(out, "tokenizer_image")),
-                      "--data.train_shards", token_patterns["images-train"], "--data.val_shards", token_patterns["images-val"],
-                      "--data.test_shards", token_patterns["images-val"]]  # fmt: skip
-            steps = s["c2i_steps"] if variant == "ind" else s["c2i_bit_steps"]
-            grid = _judge("c2i", out, {**s, "samples_per_condition": 4}, None, None, f"{name}_train")
-            grid["init_args"].update(every_n_val_runs=1, output_json=None)
-            runner.fit(name, [*common, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps // 2),
-                              "--trainer.logger.init_args.version", "fit", "--trainer.callbacks",
-                              json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                           "init_args": {"save_last": True}}, grid])])  # fmt: skip
-            sweep = [entry for _, _, entry in sweep_entries(s)] if variant == "ind" else [{}]
-            # ceiling: what the judge makes of the tokenizer's own output (once: both variants share the tokenizer)
-            judge = _judge("c2i", out, s, patterns["images-test"], sweep, name, ceiling=variant == "ind")
-            runner.run(f"{name}_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, name)),
-                                            "--trainer.limit_test_batches", "2", "--trainer.logger.init_args.version", "test",
-                                            "--trainer.callbacks", json.dumps([judge])),
-                       out / "results" / f"{name}.json")  # fmt: skip
+        name = f"c2i_{variant}"
+        configs = ["--config", f"{CONFIGS}/c2i_ind.yaml"] + (["--config", f"{CONFIGS}/c2i_bit.yaml"] if variant == "bit" else [])
+        common = [*configs, *_run_dir(out, name), *trainer, *s["c2i_args"],
+                  "--model.init_args.tokenizer_ckpt", str(_ckpt(out, "tokenizer_image")),
+                  "--data.train_shards", token_patterns["images-train"], "--data.val_shards", token_patterns["images-val"],
+                  "--data.test_shards", token_patterns["images-val"]]  # fmt: skip
+        steps = s["c2i_steps"] if variant == "ind" else s["c2i_bit_steps"]
+        grid = _judge("c2i", out, {**s, "samples_per_condition": 4}, None, None, f"{name}_train")
+        grid["init_args"].update(every_n_val_runs=1, output_json=None)
+        runner.fit(name, [*common, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps // 2),
+                          "--trainer.logger.init_args.version", "fit", "--trainer.callbacks",
+                          json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                       "init_args": {"save_last": True}}, grid])])  # fmt: skip
+        sweep = [entry for _, _, entry in sweep_entries(s)] if variant == "ind" else [{}]
+        # ceiling: what the judge makes of the tokenizer's own output (once: both variants share the tokenizer)
+        judge = _judge("c2i", out, s, patterns["images-test"], sweep, name, ceiling=variant == "ind")
+        runner.run(f"{name}_test", _grn("test", *common, "--ckpt_path", str(_ckpt(out, name)),
+                                        "--trainer.limit_test_batches", "2", "--trainer.logger.init_args.version", "test",
+                                        "--trainer.callbacks", json.dumps([judge])),
+                   out / "results" / f"{name}.json")  # fmt: skip
 
     def t2x() -> None:
         video = ["--data.train_video_shards", patterns["clips-train"], "--data.val_video_shards", patterns["clips-test"]]
@@ -294,13 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for item in chain:
                 stage, *part = item.split("/")
-                if stage in stages:
+                if _selected(item, stages):
                     stage_functions[stage](*part)
         finally:
             runner.chain_done()
 
     started = time.time()
-    chains = [chain for chain in CHAINS if {_stage(item) for item in chain} & set(stages)]
+    chains = [chain for chain in CHAINS if any(_selected(item, stages) for item in chain)]
     runner.chains_left = len(chains)
     with ThreadPoolExecutor(max_workers=runner.jobs) as pool:
         futures = [pool.submit(run_chain, chain) for chain in chains]
