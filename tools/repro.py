@@ -191,10 +191,14 @@ def _stage(item: str) -> str:
     return item.split("/")[0]
 
 
-def _selected(item: str, stages: list[str]) -> bool:
-    """Whether --stages runs a chain item: its stage is named (all parts: "c2i"), or the part on its own with an
+def _names(item: str) -> set[str]:
+    """The --stages names that select a chain item: its stage (all parts: "c2i") and the part on its own with an
     underscore ("c2i_bit": GRN_bit alone, on the token shards and tokenizer an earlier run left)."""
-    return _stage(item) in stages or item.replace("/", "_") in stages
+    return {_stage(item), item.replace("/", "_")}
+
+
+def _selected(item: str, stages: list[str]) -> bool:
+    return bool(_names(item) & set(stages))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     s, out = SETTINGS[args.setting], Path(args.out).resolve()
     stages = args.stages.split(",")
     items = [item for chain in CHAINS for item in chain]
-    known = {"data", "report", *(_stage(item) for item in items), *(i.replace("/", "_") for i in items if "/" in i)}
+    known = {"data", "report", *(name for item in items for name in _names(item))}
     unknown = sorted(set(stages) - known)
     if unknown:
         parser.error(f"unknown stages {unknown}")
