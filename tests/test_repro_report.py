@@ -43,6 +43,20 @@ def test_per_frame_lines_table(report_tool):
     assert report_tool._per_frame_lines({}, {}) == []  # results of an older run: no table
 
 
+def test_per_class_lines_name_the_classes_and_skip_missing_rows(report_tool):
+    c2i = {"class_accuracy_by_class": {"0": 0.9, "4": 0.5}}
+    t2v = {"class_consistency_by_class": {"4": 0.782, "6": 0.659}}
+    i2v = {"keeps_first_frame_class_by_class": {"4": 0.29}, "real_keeps_first_frame_class_by_class": {"4": 0.5}}
+    lines = report_tool._per_class_lines(c2i, {}, t2v, i2v)
+    # the classes any row has, in label order, by their Fashion-MNIST names; a class a row lacks is an empty cell
+    assert "| task | measure | t-shirt | coat | shirt |" in lines
+    assert "| C2I (GRN_ind) | class accuracy | 0.90 | 0.50 |  |" in lines
+    assert "| T2V | class consistency |  | 0.78 | 0.66 |" in lines
+    assert "| I2V real clips | keeps the first frame's class |  | 0.50 |  |" in lines
+    assert not any(line.startswith("| T2I") for line in lines)  # no T2I scores: no T2I rows
+    assert report_tool._per_class_lines({}, {}, {}, {}) == []  # results of an older run: no table
+
+
 def test_t2x_table_puts_the_real_media_beside_the_tokenizer_ceiling(report_tool, tmp_path):
     """Each T2X row shows its score, the tokenizer's reconstructions and the real media (the judge's own cap); a run
     from before the real-media pass says "not run" there instead of inventing a number."""

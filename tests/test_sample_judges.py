@@ -82,6 +82,9 @@ def test_sample_judge_accuracy_consistency_direction_and_first_frame():
     # per frame: frames 0-6 of both clips are class 0 (both asked for 0); frames 7-12 only in the still clip
     assert scores["frame_class_accuracy_by_frame"] == [1.0] * 7 + [0.5] * 6
     assert scores["majority_agreement_by_frame"] == [1.0] * 7 + [0.5] * 6  # moving's majority is 0 (7 of 13)
+    # per requested class: image 0 (asked 0) hit; of the three asked 1, the left one missed
+    assert scores["class_accuracy_by_class"] == {"0": 1.0, "1": pytest.approx(2 / 3)}
+    assert scores["class_consistency_by_class"] == {"0": pytest.approx((7 / 13 + 1.0) / 2)}  # both clips asked 0
     judge.reset()
     judge.update_clips(torch.stack([moving, still]), torch.tensor([1, 0]), skip_first=True)
     # generated frames (after the first): moving has 6 frames left, 6 right: tie -> first seen (0) wins; still: 0
@@ -93,6 +96,11 @@ def test_sample_judge_accuracy_consistency_direction_and_first_frame():
     assert scores["frame_class_accuracy_by_frame"] == [0.5] * 6 + [1.0] * 6
     # moving ties 6:6 and the first seen class (0) is its majority: frames 1-6 agree, 7-12 do not
     assert scores["majority_agreement_by_frame"] == [1.0] * 6 + [0.5] * 6
+    # per class: the clip asked 1 (moving) kept nothing, split 6:6, hit 6 of 12 frames; the one asked 0 (still) all
+    assert scores["keeps_first_frame_class_by_class"] == {"0": 1.0, "1": 0.0}
+    assert scores["class_consistency_by_class"] == {"0": 1.0, "1": 0.5}
+    assert scores["frame_class_accuracy_by_class"] == {"0": 1.0, "1": 0.5}
+    assert "class_accuracy_by_class" not in scores  # reset() forgot the images
 
 
 def test_classifier_round_trip_and_shrink_and_shift(tmp_path):

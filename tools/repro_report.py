@@ -9,6 +9,8 @@ from pathlib import Path
 
 from repro_settings import sweep_entries
 
+from grn_lightning.data.fashion_mnist import CLASS_NAMES
+
 TARGETS = {"psnr": 26.0, "c2i": 0.80, "t2i": 0.75, "direction": 0.75, "consistency": 0.90, "i2v": 0.90}
 
 
@@ -128,6 +130,32 @@ def _per_frame_lines(t2v: dict, i2v: dict) -> list[str]:
     return lines + [""]
 
 
+def _per_class_lines(c2i: dict, t2i: dict, t2v: dict, i2v: dict) -> list[str]:
+    """Where a mean score's miss comes from: each class score per requested class (`SampleJudge`'s `*_by_class`),
+    beside the tokenizer ceiling and the real media where the run judged them; rows a run did not write are left out."""
+    rows = [("C2I (GRN_ind)", "class accuracy", c2i, "class_accuracy_by_class"),
+            ("C2I ceiling", "class accuracy", c2i, "reconstruction_class_accuracy_by_class"),
+            ("T2I", "caption-class accuracy", t2i, "class_accuracy_by_class"),
+            ("T2I ceiling", "caption-class accuracy", t2i, "reconstruction_class_accuracy_by_class"),
+            ("T2V", "class consistency", t2v, "class_consistency_by_class"),
+            ("T2V", "frame caption-class accuracy", t2v, "frame_class_accuracy_by_class"),
+            ("I2V", "keeps the first frame's class", i2v, "keeps_first_frame_class_by_class"),
+            ("I2V ceiling", "keeps the first frame's class", i2v, "reconstruction_keeps_first_frame_class_by_class"),
+            ("I2V real clips", "keeps the first frame's class", i2v, "real_keeps_first_frame_class_by_class"),
+            ("I2V", "class consistency", i2v, "class_consistency_by_class")]  # fmt: skip
+    rows = [(task, measure, row[key]) for task, measure, row, key in rows if row.get(key)]
+    if not rows:
+        return []
+    classes = sorted({int(c) for _, _, values in rows for c in values})
+    names = [CLASS_NAMES[c] if c < len(CLASS_NAMES) else str(c) for c in classes]
+    lines = ["Per requested class (the miss of a mean score, class by class):", "",
+             "| task | measure | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(classes)]  # fmt: skip
+    for task, measure, values in rows:
+        cells = [_fmt(values.get(str(c)), 2) if str(c) in values else "" for c in classes]
+        lines.append(f"| {task} | {measure} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_report(out: Path, s: dict) -> Path:
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -202,6 +230,7 @@ def write_report(out: Path, s: dict) -> Path:
                      f"{real_text} | {target_text} |")  # fmt: skip
     lines.append("")
     lines += _per_frame_lines(first[1], first[2])
+    lines += _per_class_lines((ind or {"results": [{}]})["results"][0], *first)
     if ind:
         rows = list(ind["results"])
         entries = list(sweep_entries(s))

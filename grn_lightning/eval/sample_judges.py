@@ -71,6 +71,8 @@ class SampleJudge:
 
     def reset(self) -> None:
         self.image_hits, self.features = [], []
+        # the requested class of every judged image / clip, in update order: the per-class breakdown of compute()
+        self.image_classes, self.clip_classes, self.first_frame_classes = [], [], []
         self.consistency, self.direction_hits, self.first_frame_hits, self.judged_first_frame_hits = [], [], [], []
         # per clip, per judged frame: judged as the requested class / as the clip's majority class (where along a
         # clip the class is lost: at its start, at its end, or throughout)
@@ -93,6 +95,7 @@ class SampleJudge:
             images = images[:, :, 0]
         predicted, features = self.classify(images)
         self.image_hits += (predicted == classes.cpu()).tolist()
+        self.image_classes += classes.tolist()
         self.features.append(features.numpy())
 
     def update_clips(self, clips: torch.Tensor, classes: torch.Tensor, directions: list[str] | None = None,
@@ -109,6 +112,7 @@ class SampleJudge:
         frames = clips.permute(0, 2, 1, 3, 4).flatten(0, 1)
         predicted = self.classify(frames)[0].view(b, t)
         judged = predicted[:, 1:] if skip_first else predicted
+        self.clip_classes += classes.tolist()
         for i in range(b):
             votes = Counter(judged[i].tolist())
             majority, count = votes.most_common(1)[0]
@@ -117,26 +121,33 @@ class SampleJudge:
             self.frame_agreement_rows.append((judged[i] == majority).tolist())
             if skip_first:
                 self.first_frame_hits.append(majority == int(classes[i]))
+                self.first_frame_classes.append(int(classes[i]))
                 self.judged_first_frame_hits.append(majority == int(predicted[i, 0]))
             if directions is not None:
                 moved = motion_direction(centroid_track(clips[i].cpu()), self.still_threshold)
                 self.direction_hits.append(moved == directions[i])
 
-    def compute(self) -> dict[str, float | list[float]]:
+    def compute(self) -> dict[str, float | list[float] | dict[str, float]]:
         """Plain floats, and for clips of one length two lists over the judged frames (I2V: frames after the
         first): `frame_class_accuracy_by_frame` (share of clips whose frame k is judged the requested class) and
-        `majority_agreement_by_frame` (share whose frame k is judged the clip's majority class)."""
-        out: dict[str, float | list[float]] = {}
+        `majority_agreement_by_frame` (share whose frame k is judged the clip's majority class). Each class score
+        also comes per requested class, as `<score>_by_class` {class id as a string: score} over the classes that
+        were requested: a miss of the mean shows as the classes it comes from."""
+        out: dict[str, float | list[float] | dict[str, float]] = {}
         if self.image_hits:
             out["class_accuracy"] = float(np.mean(self.image_hits))
+            out["class_accuracy_by_class"] = _by_class(self.image_hits, self.image_classes)
             out["num_images"] = len(self.image_hits)
             features = np.concatenate(self.features)
             if self.reference is not None and len(features) > 1:
                 out["frechet_distance"] = features_frechet(features, self.reference)
         if self.consistency:
             out["class_consistency"] = float(np.mean(self.consistency))
-            out["frame_class_accuracy"] = float(np.mean([np.mean(row) for row in self.frame_hit_rows]))
+            frame_accuracy = [float(np.mean(row)) for row in self.frame_hit_rows]
+            out["frame_class_accuracy"] = float(np.mean(frame_accuracy))
             out["num_clips"] = len(self.consistency)
+            out["class_consistency_by_class"] = _by_class(self.consistency, self.clip_classes)
+            out["frame_class_accuracy_by_class"] = _by_class(frame_accuracy, self.clip_classes)
             if len({len(row) for row in self.frame_hit_rows}) == 1:  # one clip length: a value per frame index
                 out["frame_class_accuracy_by_frame"] = np.mean(self.frame_hit_rows, axis=0).tolist()
                 out["majority_agreement_by_frame"] = np.mean(self.frame_agreement_rows, axis=0).tolist()
@@ -145,4 +156,13 @@ class SampleJudge:
         if self.first_frame_hits:
             out["keeps_first_frame_class"] = float(np.mean(self.first_frame_hits))
             out["keeps_judged_first_frame_class"] = float(np.mean(self.judged_first_frame_hits))
+            out["keeps_first_frame_class_by_class"] = _by_class(self.first_frame_hits, self.first_frame_classes)
         return out
+
+
+def _by_class(values: list, classes: list[int]) -> dict[str, float]:
+    """{class id as a string (a JSON key): mean of the values of the items requested as that class}, ascending."""
+    grouped: dict[int, list] = {}
+    for value, cls in zip(values, classes, strict=True):
+        grouped.setdefault(int(cls), []).append(float(value))
+    return {str(cls): float(np.mean(grouped[cls])) for cls in sorted(grouped)}
