@@ -44,7 +44,7 @@ def test_per_frame_lines_table(report_tool):
 
 
 def test_per_class_lines_name_the_classes_and_skip_missing_rows(report_tool):
-    c2i = {"class_accuracy_by_class": {"0": 0.9, "4": 0.5}}
+    c2i = {"class_accuracy_by_class": {"0": 0.9, "4": 0.5}, "real_class_accuracy_by_class": {"0": 0.87, "4": 0.9}}
     t2v = {"class_consistency_by_class": {"4": 0.782, "6": 0.659}}
     i2v = {"keeps_first_frame_class_by_class": {"4": 0.29}, "real_keeps_first_frame_class_by_class": {"4": 0.5}}
     lines = report_tool._per_class_lines(c2i, {}, t2v, i2v)
@@ -53,6 +53,7 @@ def test_per_class_lines_name_the_classes_and_skip_missing_rows(report_tool):
     assert "| C2I (GRN_ind) | class accuracy | 0.90 | 0.50 |  |" in lines
     assert "| T2V | class consistency |  | 0.78 | 0.66 |" in lines
     assert "| I2V real clips | keeps the first frame's class |  | 0.50 |  |" in lines
+    assert "| real test images | class accuracy | 0.87 | 0.90 |  |" in lines  # the judge's own per-class cap
     assert not any(line.startswith("| T2I") for line in lines)  # no T2I scores: no T2I rows
     assert report_tool._per_class_lines({}, {}, {}, {}) == []  # results of an older run: no table
 

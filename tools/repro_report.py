@@ -137,6 +137,9 @@ def _per_class_lines(c2i: dict, t2i: dict, t2v: dict, i2v: dict) -> list[str]:
             ("C2I ceiling", "class accuracy", c2i, "reconstruction_class_accuracy_by_class"),
             ("T2I", "caption-class accuracy", t2i, "class_accuracy_by_class"),
             ("T2I ceiling", "caption-class accuracy", t2i, "reconstruction_class_accuracy_by_class"),
+            # the judge on the real test images: the same in the C2I and T2I results (one judge, one test split)
+            ("real test images", "class accuracy", t2i if t2i.get("real_class_accuracy_by_class") else c2i,
+             "real_class_accuracy_by_class"),
             ("T2V", "class consistency", t2v, "class_consistency_by_class"),
             ("T2V", "frame caption-class accuracy", t2v, "frame_class_accuracy_by_class"),
             ("I2V", "keeps the first frame's class", i2v, "keeps_first_frame_class_by_class"),
