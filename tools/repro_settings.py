@@ -37,7 +37,8 @@ SETTINGS: dict[str, dict] = {
     "cpu": _CPU,
     # One GPU, four chains side by side (the models are small: each process leaves the GPU idle between kernels).
     # Measured (docs/REPRODUCTION.md): on one H100 everything but C2I ran, the T2X chain in 21 minutes; on one H200 the
-    # C2I chain alone to GRN_bit's fit (judge 115 s, tokenizer 376, GRN_ind 3,000 steps at 0.15 s/step + 126 s test).
+    # C2I chain alone to GRN_bit's fit (judge 115 s, tokenizer 376, GRN_ind 3,000 steps at 0.15 s/step + 126 s test);
+    # on one H100 GRN_bit alone (3,000 steps at 0.17 s/step, 531 s with its validation grids, + 39 s test).
     # Four chains side by side should end in about 35-40 minutes: an estimate, the whole setting has not run at once.
     "gpu": {
         **_CPU, "device": "1 GPU", "device_name": "cuda", "jobs": 4,
