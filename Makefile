@@ -56,10 +56,14 @@ demo: demo-data  ## train the tiny stages end to end (CPU): Fashion-MNIST when i
 # files in FASHION_MNIST_DIR. REPRO_SETTING: cpu (2 cores: 65 min on one host, 1 h 59 on a slower one), gpu (larger models), ci (the slow test's size).
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 REPRO_SETTING ?= cpu
-REPRO_OUT ?= $(OUT)/repro_$(REPRO_SETTING)
+# REPRO_TRAIN_SEED: another seed for every model fit, data and judge unchanged (the spread of the scores between
+# training runs), in a folder of its own
+REPRO_TRAIN_SEED ?=
+REPRO_OUT ?= $(OUT)/repro_$(REPRO_SETTING)$(if $(REPRO_TRAIN_SEED),_seed$(REPRO_TRAIN_SEED))
 DEMO_SOURCE ?= auto
 repro: $(RUN_SETUP)  ## Fashion-MNIST GRN reproduction: every stage + tables/plots in $(REPRO_OUT)/report (REPRO_SETTING=cpu|gpu|ci)
-	nice $(RUN_PYTHON) tools/repro.py --setting $(REPRO_SETTING) --out $(REPRO_OUT) --idx-dir $(FASHION_MNIST_DIR)
+	nice $(RUN_PYTHON) tools/repro.py --setting $(REPRO_SETTING) --out $(REPRO_OUT) --idx-dir $(FASHION_MNIST_DIR) \
+		$(if $(REPRO_TRAIN_SEED),--train-seed $(REPRO_TRAIN_SEED))
 
 test: install  ## run the whole test suite (CPU)
 	$(BIN)/python -m pytest -q

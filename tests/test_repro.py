@@ -155,3 +155,38 @@ def test_one_part_of_a_stage_runs_alone_and_a_misspelt_stage_is_refused(tmp_path
     with pytest.raises(SystemExit):
         repro.main(["--setting", "ci", "--out", str(tmp_path / "typo"), "--stages", "c2i_bits"])
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_training_seed_reaches_every_fit_and_a_folder_keeps_one_seed(tmp_path, monkeypatch, capsys):
+    """`--train-seed 7` (make repro REPRO_TRAIN_SEED=7) appends `--seed_everything 7` to every `grn fit` and to no
+    judged test or data command; a folder run with the configs' seeds refuses a resume with seed 7 before any command
+    (finished stages would be skipped and two seeds' models mixed), and the message names the fix."""
+    repro = _load_tool("repro")
+    splits = ("images-train", "images-val", "images-test", "clips-train", "clips-test")
+    marker = {"patterns": {split: f"shards/{split}-{{000000..000000}}.tar" for split in splits}}
+    commands: list[list[str]] = []
+
+    def fake_call(command, **kwargs):
+        commands.append(command)
+        if "--trainer.default_root_dir" in command:
+            Path(command[command.index("--trainer.default_root_dir") + 1]).mkdir(parents=True, exist_ok=True)
+        return 0
+
+    monkeypatch.setattr(repro.subprocess, "call", fake_call)
+    for out in (tmp_path / "seed7", tmp_path / "config"):
+        (out / "data").mkdir(parents=True)
+        (out / "data" / "fashion_mnist.json").write_text(json.dumps(marker))
+    repro.main(["--setting", "ci", "--out", str(tmp_path / "seed7"), "--stages", "c2i_bit", "--train-seed", "7"])
+    fit, test = commands
+    assert fit[1:4] == ["-m", "grn_lightning.cli", "fit"] and test[1:4] == ["-m", "grn_lightning.cli", "test"]
+    assert fit[-2:] == ["--seed_everything", "7"] and "--seed_everything" not in test
+    assert (tmp_path / "seed7" / "train_seed").read_text() == "7\n"
+
+    repro.main(["--setting", "ci", "--out", str(tmp_path / "config"), "--stages", "c2i_bit"])
+    assert "--seed_everything" not in commands[2]
+    (tmp_path / "config" / "train_seed").unlink()  # a folder of an older run: runs.jsonl, no train_seed file
+    with pytest.raises(SystemExit):
+        repro.main(["--setting", "ci", "--out", str(tmp_path / "config"), "--stages", "c2i_bit", "--force",
+                    "--train-seed", "7"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert len(commands) == 4 and "training seed 'config', not '7'" in err and "own --out" in err

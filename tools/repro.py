@@ -72,8 +72,11 @@ class Runner:
     (on 2 CPU cores two one-thread trainings finish sooner than the same two run one after the other on two threads
     each), and when a chain ends, the fits still running take up its cores (`ThreadBudget` files)."""
 
-    def __init__(self, out: Path, setting: dict, force: bool, jobs: int = 1) -> None:
+    def __init__(self, out: Path, setting: dict, force: bool, jobs: int = 1, train_seed: int | None = None) -> None:
         self.out, self.setting, self.force, self.jobs = out, setting, force, jobs
+        # every `grn fit` gets `--seed_everything train_seed` (None: the configs' seeds); data and judge keep theirs, so
+        # two runs differ only in how their models were trained: the spread a one-run comparison of recipes hides
+        self.train_seed = train_seed
         self.out.mkdir(parents=True, exist_ok=True)
         self._folder_lock = _lock_folder(out)
         self.log = out / "runs.jsonl"
@@ -137,12 +140,25 @@ class Runner:
         if budget is not None:  # appended to the config's callbacks (and to any list the args set)
             callback = {"class_path": "grn_lightning.training.thread_budget.ThreadBudget", "init_args": {"path": str(budget)}}
             args = [*args, f"--trainer.callbacks+={json.dumps(callback)}"]
-        self.run(f"{name}_fit", _grn("fit", *args, *resume), done, budget)
+        seed = [] if self.train_seed is None else ["--seed_everything", str(self.train_seed)]
+        self.run(f"{name}_fit", _grn("fit", *args, *seed, *resume), done, budget)
         done.touch()
 
 
 class StageFailed(RuntimeError):
     pass
+
+
+def check_train_seed(out: Path, train_seed: int | None) -> None:
+    """Keep one folder to one training seed: finished stages are skipped, so a run resumed with another
+    `--train-seed` would mix models of two seeds. The seed goes to out/train_seed; a folder that already has runs
+    (runs.jsonl) and no such file was run with the configs' seeds."""
+    marker, wanted = out / "train_seed", "config" if train_seed is None else str(train_seed)
+    found = marker.read_text().strip() if marker.exists() else "config" if (out / "runs.jsonl").exists() else None
+    if found is not None and found != wanted:
+        raise ValueError(f"{out} holds a run with training seed {found!r}, not {wanted!r}: give each training seed its "
+                         "own --out (make repro: REPRO_OUT, or leave it to REPRO_TRAIN_SEED's default folder)")
+    marker.write_text(wanted + "\n")
 
 
 def _commit() -> str:
@@ -211,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                              "ablation_1")
     parser.add_argument("--jobs", type=int, default=None, help="chains run side by side (default: the setting's)")
     parser.add_argument("--force", action="store_true", help="rerun stages whose results exist")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="seed of every model fit (default: the configs'); data and judge keep theirs")
     args = parser.parse_args(argv)
     s, out = SETTINGS[args.setting], Path(args.out).resolve()
     stages = args.stages.split(",")
@@ -219,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(stages) - known)
     if unknown:
         parser.error(f"unknown stages {unknown}")
-    runner = Runner(out, s, args.force, args.jobs or s["jobs"])
+    runner = Runner(out, s, args.force, args.jobs or s["jobs"], args.train_seed)
+    try:
+        check_train_seed(out, args.train_seed)
+    except ValueError as err:
+        parser.error(str(err))
     data = out / "data"
     py = sys.executable
     if "data" in stages:
