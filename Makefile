@@ -53,7 +53,7 @@ demo: demo-data  ## train the tiny stages end to end (CPU): Fashion-MNIST when i
 	GRN_DEMO_DATA=$(DEMO) OUT=$(OUT) BIN=$(BIN) FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) DEMO_SOURCE=$(DEMO_SOURCE) bash tools/demo.sh
 
 # Fashion-MNIST reproduction (docs/REPRODUCTION.md). IDX files: `apt-get install dataset-fashion-mnist` or the four
-# files in FASHION_MNIST_DIR. REPRO_SETTING: cpu (2 cores: 65 min on one host, 1 h 59 on a slower one), gpu (larger models), ci (the slow test's size).
+# files in FASHION_MNIST_DIR. REPRO_SETTING: cpu (2 cores: 1 h 17 for the current recipe, nineteenth session), gpu (larger models), ci (the slow test's size).
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 REPRO_SETTING ?= cpu
 # REPRO_TRAIN_SEED: another seed for every model fit, data and judge unchanged (the spread of the scores between
