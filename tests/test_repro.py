@@ -127,21 +127,35 @@ def test_a_second_runner_on_the_same_folder_stops_naming_the_first_and_starts_on
     del runner
 
 
-def test_one_part_of_a_stage_runs_alone_and_a_misspelt_stage_is_refused(tmp_path, monkeypatch):
-    """`--stages c2i_bit` runs GRN_bit's fit and judged test and nothing else (the tokenizer and token shards of an
-    earlier run are reused); `c2i` runs both variants, GRN_ind first; an unknown part stops before any command."""
-    repro = _load_tool("repro")
-    (tmp_path / "data").mkdir()
+def _data_folder(out: Path) -> None:
+    """out/data as the data stage leaves it (its shard patterns), for runner tests that fake every command."""
+    (out / "data").mkdir(parents=True)
     splits = ("images-train", "images-val", "images-test", "clips-train", "clips-test")
     marker = {"patterns": {split: f"shards/{split}-{{000000..000000}}.tar" for split in splits}}
-    (tmp_path / "data" / "fashion_mnist.json").write_text(json.dumps(marker))
+    (out / "data" / "fashion_mnist.json").write_text(json.dumps(marker))
 
-    def fake_call(command, **kwargs):  # a fit makes its run folder, where the runner marks it done
+
+def _fake_commands(repro, monkeypatch) -> list[list[str]]:
+    """Replace the runner's subprocess.call: every command is recorded (the returned list) and exits 0, and a fit
+    makes its run folder, where the runner marks it done."""
+    commands: list[list[str]] = []
+
+    def fake_call(command, **kwargs):
+        commands.append(command)
         if "--trainer.default_root_dir" in command:
             Path(command[command.index("--trainer.default_root_dir") + 1]).mkdir(parents=True, exist_ok=True)
         return 0
 
     monkeypatch.setattr(repro.subprocess, "call", fake_call)
+    return commands
+
+
+def test_one_part_of_a_stage_runs_alone_and_a_misspelt_stage_is_refused(tmp_path, monkeypatch):
+    """`--stages c2i_bit` runs GRN_bit's fit and judged test and nothing else (the tokenizer and token shards of an
+    earlier run are reused); `c2i` runs both variants, GRN_ind first; an unknown part stops before any command."""
+    repro = _load_tool("repro")
+    _data_folder(tmp_path)
+    _fake_commands(repro, monkeypatch)
 
     def stages_run(stages: str, out: Path) -> list[str]:
         repro.main(["--setting", "ci", "--out", str(out), "--stages", stages])
@@ -149,8 +163,7 @@ def test_one_part_of_a_stage_runs_alone_and_a_misspelt_stage_is_refused(tmp_path
 
     assert stages_run("c2i_bit", tmp_path) == ["c2i_bit_fit", "c2i_bit_test"]
     other = tmp_path / "both"
-    (other / "data").mkdir(parents=True)
-    (other / "data" / "fashion_mnist.json").write_text(json.dumps(marker))
+    _data_folder(other)
     assert stages_run("c2i", other) == ["c2i_ind_fit", "c2i_ind_test", "c2i_bit_fit", "c2i_bit_test"]
     with pytest.raises(SystemExit):
         repro.main(["--setting", "ci", "--out", str(tmp_path / "typo"), "--stages", "c2i_bits"])
@@ -162,20 +175,9 @@ def test_a_training_seed_reaches_every_fit_and_a_folder_keeps_one_seed(tmp_path,
     judged test or data command; a folder run with the configs' seeds refuses a resume with seed 7 before any command
     (finished stages would be skipped and two seeds' models mixed), and the message names the fix."""
     repro = _load_tool("repro")
-    splits = ("images-train", "images-val", "images-test", "clips-train", "clips-test")
-    marker = {"patterns": {split: f"shards/{split}-{{000000..000000}}.tar" for split in splits}}
-    commands: list[list[str]] = []
-
-    def fake_call(command, **kwargs):
-        commands.append(command)
-        if "--trainer.default_root_dir" in command:
-            Path(command[command.index("--trainer.default_root_dir") + 1]).mkdir(parents=True, exist_ok=True)
-        return 0
-
-    monkeypatch.setattr(repro.subprocess, "call", fake_call)
+    commands = _fake_commands(repro, monkeypatch)
     for out in (tmp_path / "seed7", tmp_path / "config"):
-        (out / "data").mkdir(parents=True)
-        (out / "data" / "fashion_mnist.json").write_text(json.dumps(marker))
+        _data_folder(out)
     repro.main(["--setting", "ci", "--out", str(tmp_path / "seed7"), "--stages", "c2i_bit", "--train-seed", "7"])
     fit, test = commands
     assert fit[1:4] == ["-m", "grn_lightning.cli", "fit"] and test[1:4] == ["-m", "grn_lightning.cli", "test"]

@@ -79,6 +79,7 @@ class Runner:
         self.train_seed = train_seed
         self.out.mkdir(parents=True, exist_ok=True)
         self._folder_lock = _lock_folder(out)
+        check_train_seed(out, train_seed)  # under the folder's lock: one runner, one training seed per folder
         self.log = out / "runs.jsonl"
         self._lock = threading.Lock()
         self.chains_left = jobs  # main() sets the chains it starts
@@ -237,10 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(stages) - known)
     if unknown:
         parser.error(f"unknown stages {unknown}")
-    runner = Runner(out, s, args.force, args.jobs or s["jobs"], args.train_seed)
     try:
-        check_train_seed(out, args.train_seed)
-    except ValueError as err:
+        runner = Runner(out, s, args.force, args.jobs or s["jobs"], args.train_seed)
+    except ValueError as err:  # a folder of another training seed
         parser.error(str(err))
     data = out / "data"
     py = sys.executable
