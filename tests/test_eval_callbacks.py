@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 import grn_lightning  # noqa: F401
 import lightning.pytorch as pl
 from grn_lightning.eval.callbacks import GenerationMetrics, ReconstructionMetrics
-from grn_lightning.eval.evaluators import balanced_class_ids
+from grn_lightning.eval.evaluators import ReconstructionEvaluator, balanced_class_ids
 from grn_lightning.eval.metrics import psnr_per_image, save_reference_stats
 
 SIZE = 32
@@ -136,6 +136,29 @@ def test_reconstruction_metrics_ignore_padding_and_log_protocol(tmp_path):
     assert set(entry["protocol"]["weights"]) == {"lpips_alex_backbone", "fid_inception"}
     (test_results,) = trainer.test(TinyReconModule(per_rank=(4,)), verbose=False)
     assert test_results["test/recon_psnr"] == pytest.approx(results["val/recon_psnr"], rel=1e-6)
+
+
+class ConstantReconModule(TinyReconModule):
+    """Reconstructs every pixel 0.1 too bright on the [-1, 1] scale: 0.05 on [0, 1], MSE 0.0025, PSNR 26.02 dB."""
+
+    def _step(self, batch):
+        x = torch.zeros_like(batch["pixels"])
+        return {"real": x, "fake": x + 0.1, "valid": batch["valid"]}
+
+
+def test_reconstruction_metrics_without_lpips_build_no_trunk_and_report_psnr_and_ssim(tmp_path, monkeypatch):
+    def no_trunk(*args, **kwargs):
+        raise AssertionError("an LPIPS trunk was built although lpips=False")
+
+    monkeypatch.setattr("grn_lightning.eval.evaluators.build_lpips", no_trunk)
+    callback = ReconstructionMetrics(lpips=False, rfid=False, rfvd=False)
+    (results,) = _trainer(tmp_path, [callback]).validate(ConstantReconModule(per_rank=(4,)), verbose=False)
+    assert set(results) == {"val/recon_psnr", "val/recon_ssim"}
+    assert results["val/recon_psnr"] == pytest.approx(10 * math.log10(1 / 0.05**2), abs=1e-4)  # 26.0206 dB
+    (entry,) = _protocol(tmp_path)
+    assert entry["protocol"]["weights"] == {} and "lpips" not in entry["protocol"]["metric_definitions"]
+    with pytest.raises(ValueError, match="extra_lpips"):
+        ReconstructionEvaluator(lpips=False, rfid=False, rfvd=False, extra_lpips=("vgg",))
 
 
 def test_reconstruction_metrics_every_n_validation_runs(tmp_path):

@@ -83,6 +83,7 @@ class ReconstructionMetrics(_EveryNValidationRuns):
     Args:
         every_n_val_runs: evaluate on validation runs N, 2N, ... (sanity checks excluded).
         lpips_net: LPIPS trunk, ``alex`` (the paper's metric) or ``vgg``.
+        lpips: compute LPIPS; False where no trained trunk exists (a random one's number means nothing).
         rfid: compute rFID (Inception features of inputs vs reconstructions).
         rfvd: compute rFVD (I3D) for video batches of at least 9 frames.
         inception_weights: explicit path of ``pt_inception-2015-12-05-6726825d.pth``; None resolves offline.
@@ -106,13 +107,14 @@ class ReconstructionMetrics(_EveryNValidationRuns):
         random_init: bool = False,
         feature_batch_size: int = 32,
         log_prefix: str = "recon",
+        lpips: bool = True,
     ):
         super().__init__(every_n_val_runs)
         check_lpips_net(lpips_net)
         _check_positive(feature_batch_size=feature_batch_size)
         self.options = dict(
             lpips_net=lpips_net, rfid=rfid, rfvd=rfvd, inception_weights=inception_weights, i3d_weights=i3d_weights,
-            lpips_backbone=lpips_backbone, random_init=random_init, feature_batch_size=feature_batch_size,
+            lpips_backbone=lpips_backbone, random_init=random_init, feature_batch_size=feature_batch_size, lpips=lpips,
         )  # fmt: skip
         self.log_prefix = log_prefix
         self._networks: ReconstructionEvaluator | None = None

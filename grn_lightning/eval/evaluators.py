@@ -39,6 +39,8 @@ class ReconstructionEvaluator:
 
     Args:
         lpips_net: LPIPS trunk, ``alex`` (SPEC section 7 metric) or ``vgg``.
+        lpips: compute LPIPS. False where no trained trunk exists: a random one gives a number that means nothing,
+            and a report should not print it beside PSNR and SSIM.
         rfid: compute rFID.
         rfvd: compute rFVD for video batches (clips shorter than 9 frames are counted and skipped).
         inception_weights / i3d_weights / lpips_backbone: explicit weight paths (else resolved offline).
@@ -58,19 +60,22 @@ class ReconstructionEvaluator:
         random_init: bool = False,
         feature_batch_size: int = 32,
         extra_lpips: tuple[str, ...] = (),
+        lpips: bool = True,
     ):
         for net in (lpips_net, *extra_lpips):
             check_lpips_net(net)
         if feature_batch_size < 1:
             raise ValueError(f"feature_batch_size must be >= 1, got {feature_batch_size}")
         self.lpips_net_name, self.random_init, self.feature_batch_size = lpips_net, random_init, feature_batch_size
-        self.lpips = build_lpips(lpips_net, lpips_backbone, random_init=random_init)
+        if not lpips and extra_lpips:
+            raise ValueError(f"extra_lpips={extra_lpips} asks for LPIPS trunks while lpips=False turns LPIPS off")
+        self.lpips = build_lpips(lpips_net, lpips_backbone, random_init=random_init) if lpips else None
         # Extra trunks resolve their own registry entries (an explicit lpips_backbone is for lpips_net only).
         self.extra_lpips = {net: build_lpips(net, random_init=random_init) for net in extra_lpips}
         self.inception = InceptionFeatureExtractor(inception_weights, random_init=random_init) if rfid else None
         self.i3d = I3DFeatureExtractor(i3d_weights, random_init=random_init) if rfvd else None
         # float64 running means: 50,000 float32 PSNR values summed in float32 would lose ~1e-6 of the mean.
-        means = ("psnr", "ssim", "lpips", *(f"lpips_{net}" for net in extra_lpips))
+        means = ("psnr", "ssim", *(("lpips",) if lpips else ()), *(f"lpips_{net}" for net in extra_lpips))
         self.metrics = {name: MeanMetric().set_dtype(torch.float64) for name in means}
         if rfid:
             self.metrics["rfid"] = FrechetDistance(2048)
@@ -109,7 +114,7 @@ class ReconstructionEvaluator:
             real, fake = real[keep], fake[keep]
         if real.shape[0] == 0:
             return
-        device = next(self.lpips.parameters()).device
+        device = self.metrics["psnr"].device  # moved with the networks by to()
         real, fake = real.to(device).float(), fake.to(device).float()
         with _no_autocast(device):
             frames_real = real.transpose(1, 2).flatten(0, 1)  # [B*T, 3, H, W]: PSNR/SSIM/LPIPS per frame
@@ -117,7 +122,8 @@ class ReconstructionEvaluator:
             for r, f in zip(frames_real.split(self.feature_batch_size), frames_fake.split(self.feature_batch_size)):
                 self.metrics["psnr"].update(psnr_per_image(f, r))
                 self.metrics["ssim"].update(ssim_per_image(f, r))
-                self.metrics["lpips"].update(self.lpips(f.clamp(-1, 1), r.clamp(-1, 1)).flatten())
+                if self.lpips is not None:
+                    self.metrics["lpips"].update(self.lpips(f.clamp(-1, 1), r.clamp(-1, 1)).flatten())
                 for net, model in self.extra_lpips.items():
                     self.metrics[f"lpips_{net}"].update(model(f.clamp(-1, 1), r.clamp(-1, 1)).flatten())
                 if self.inception is not None:
@@ -146,21 +152,26 @@ class ReconstructionEvaluator:
         return results
 
     def protocol(self) -> dict:
-        weights = {f"lpips_{self.lpips_net_name}_backbone": file_record(self.lpips.weights_file)}
+        weights = {}
+        if self.lpips is not None:
+            weights[f"lpips_{self.lpips_net_name}_backbone"] = file_record(self.lpips.weights_file)
         for net, model in self.extra_lpips.items():
             weights[f"lpips_{net}_backbone"] = file_record(model.weights_file)
         if self.inception is not None:
             weights["fid_inception"] = file_record(self.inception.weights_file)
         if self.i3d is not None:
             weights["i3d_kinetics400"] = file_record(self.i3d.weights_file)
+        definitions = {
+            "psnr": "per frame on [0,1], averaged", "ssim": "per frame, 11x11 gaussian sigma 1.5, [0,1]",
+            "lpips": f"lpips v0.1 {self.lpips_net_name}, per frame", "rfid": "Inception pool3 inputs vs recons",
+            "rfvd": "I3D Kinetics-400 logits at 224x224, clips >= 9 frames",
+        }  # fmt: skip
+        if self.lpips is None:
+            del definitions["lpips"]
         return {
             "frames_on_this_rank": self.frames_seen,
             "short_clips_skipped_for_rfvd": self.short_clips_skipped,
-            "metric_definitions": {
-                "psnr": "per frame on [0,1], averaged", "ssim": "per frame, 11x11 gaussian sigma 1.5, [0,1]",
-                "lpips": f"lpips v0.1 {self.lpips_net_name}, per frame", "rfid": "Inception pool3 inputs vs recons",
-                "rfvd": "I3D Kinetics-400 logits at 224x224, clips >= 9 frames",
-            },  # fmt: skip
+            "metric_definitions": definitions,
             "weights": weights,
             "random_init": self.random_init,
         }
