@@ -69,13 +69,17 @@ class ReconstructionEvaluator:
         self.lpips_net_name, self.random_init, self.feature_batch_size = lpips_net, random_init, feature_batch_size
         if not lpips and extra_lpips:
             raise ValueError(f"extra_lpips={extra_lpips} asks for LPIPS trunks while lpips=False turns LPIPS off")
-        self.lpips = build_lpips(lpips_net, lpips_backbone, random_init=random_init) if lpips else None
+        # metric name -> (trunk name, LPIPS network): "lpips" for lpips_net, "lpips_<net>" for each extra trunk
+        self.lpips_trunks = {}
+        if lpips:
+            self.lpips_trunks["lpips"] = (lpips_net, build_lpips(lpips_net, lpips_backbone, random_init=random_init))
         # Extra trunks resolve their own registry entries (an explicit lpips_backbone is for lpips_net only).
-        self.extra_lpips = {net: build_lpips(net, random_init=random_init) for net in extra_lpips}
+        for net in extra_lpips:
+            self.lpips_trunks[f"lpips_{net}"] = (net, build_lpips(net, random_init=random_init))
         self.inception = InceptionFeatureExtractor(inception_weights, random_init=random_init) if rfid else None
         self.i3d = I3DFeatureExtractor(i3d_weights, random_init=random_init) if rfvd else None
         # float64 running means: 50,000 float32 PSNR values summed in float32 would lose ~1e-6 of the mean.
-        means = ("psnr", "ssim", *(("lpips",) if lpips else ()), *(f"lpips_{net}" for net in extra_lpips))
+        means = ("psnr", "ssim", *self.lpips_trunks)
         self.metrics = {name: MeanMetric().set_dtype(torch.float64) for name in means}
         if rfid:
             self.metrics["rfid"] = FrechetDistance(2048)
@@ -92,7 +96,8 @@ class ReconstructionEvaluator:
         return other
 
     def to(self, device: torch.device | str) -> ReconstructionEvaluator:
-        for net in (self.lpips, *self.extra_lpips.values(), self.inception, self.i3d, *self.metrics.values()):
+        trunks = (model for _, model in self.lpips_trunks.values())
+        for net in (*trunks, self.inception, self.i3d, *self.metrics.values()):
             if net is not None:
                 net.to(device)
         return self
@@ -122,10 +127,8 @@ class ReconstructionEvaluator:
             for r, f in zip(frames_real.split(self.feature_batch_size), frames_fake.split(self.feature_batch_size)):
                 self.metrics["psnr"].update(psnr_per_image(f, r))
                 self.metrics["ssim"].update(ssim_per_image(f, r))
-                if self.lpips is not None:
-                    self.metrics["lpips"].update(self.lpips(f.clamp(-1, 1), r.clamp(-1, 1)).flatten())
-                for net, model in self.extra_lpips.items():
-                    self.metrics[f"lpips_{net}"].update(model(f.clamp(-1, 1), r.clamp(-1, 1)).flatten())
+                for name, (_, model) in self.lpips_trunks.items():
+                    self.metrics[name].update(model(f.clamp(-1, 1), r.clamp(-1, 1)).flatten())
                 if self.inception is not None:
                     self.metrics["rfid"].update(self.inception(r).pool, real=True)
                     self.metrics["rfid"].update(self.inception(f).pool)
@@ -153,9 +156,7 @@ class ReconstructionEvaluator:
 
     def protocol(self) -> dict:
         weights = {}
-        if self.lpips is not None:
-            weights[f"lpips_{self.lpips_net_name}_backbone"] = file_record(self.lpips.weights_file)
-        for net, model in self.extra_lpips.items():
+        for net, model in self.lpips_trunks.values():
             weights[f"lpips_{net}_backbone"] = file_record(model.weights_file)
         if self.inception is not None:
             weights["fid_inception"] = file_record(self.inception.weights_file)
@@ -166,7 +167,7 @@ class ReconstructionEvaluator:
             "lpips": f"lpips v0.1 {self.lpips_net_name}, per frame", "rfid": "Inception pool3 inputs vs recons",
             "rfvd": "I3D Kinetics-400 logits at 224x224, clips >= 9 frames",
         }  # fmt: skip
-        if self.lpips is None:
+        if "lpips" not in self.lpips_trunks:
             del definitions["lpips"]
         return {
             "frames_on_this_rank": self.frames_seen,
