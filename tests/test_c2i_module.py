@@ -155,7 +155,8 @@ def test_lr_rule_warmup_and_option_errors():
                           (lambda: Optimization(lr=None), "global_batch_size"),
                           (lambda: Corruption(condition_dropout=1.0), "condition_dropout"),
                           (lambda: Optimization(lr=1e-3, lr_decay="linear"), "model.optimization.lr_decay"),
-                          (lambda: tiny_module(accuracy_bins=0), "accuracy_bins")):  # fmt: skip
+                          (lambda: tiny_module(accuracy_bins=0), "accuracy_bins"),
+                          (lambda: tiny_module(corruption=Corruption(video_ratio_mu=-2.0)), "for T2X clips")):  # fmt: skip
         with pytest.raises(ValueError, match=needle):
             build()
 

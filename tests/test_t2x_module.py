@@ -84,6 +84,22 @@ def test_packed_t2i_batch_feeds_the_realised_kept_fraction(photo_batch):
     assert lengths.sum() == noise.text.shape[0] and noise.text.shape[1] == TEXT["d_model"]
 
 
+def test_clip_samples_draw_their_kept_fraction_from_the_video_ratio_distribution(photo_batch):
+    """With `video_ratio_mu` set, clip buckets (T2V and I2V) draw p from it and image buckets keep `ratio_mu`: images at
+    mu +30 are fed all-kept (ratio 1), clips at mu -30 all-noise (ratio 0); unset, clips follow `ratio_mu` too."""
+    g = torch.Generator().manual_seed(0)
+    clips = {"tokens": video_tokens(frames=3), "caption": ["waves", "a bike"], "valid": torch.ones(2, dtype=torch.bool)}
+    split = tiny_module(corruption=corruption(ratio_mu=30.0, ratio_sigma=0.1, video_ratio_mu=-30.0))
+    assert torch.allclose(split.packed_batch(photo_batch, g, dropout=False).ratio, torch.ones(4))
+    assert torch.allclose(split.packed_batch(clips, g, dropout=False).ratio, torch.zeros(2))
+    i2v = tiny_module(task="i2v", corruption=corruption(ratio_mu=30.0, ratio_sigma=0.1, video_ratio_mu=-30.0))
+    assert torch.allclose(i2v.packed_batch(clips, g, dropout=False).ratio, torch.zeros(2))
+    shared = tiny_module(corruption=corruption(ratio_mu=30.0, ratio_sigma=0.1))
+    assert torch.allclose(shared.packed_batch(clips, g, dropout=False).ratio, torch.ones(2))
+    with pytest.raises(ValueError, match="ratio_distribution to logit_normal"):
+        corruption(ratio_distribution="uniform", video_ratio_sigma=1.0)
+
+
 def test_i2v_first_latent_frame_is_a_clean_input_never_a_target():
     module = tiny_module(task="i2v")
     tokens = video_tokens(frames=3)

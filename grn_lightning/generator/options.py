@@ -51,16 +51,33 @@ class Corruption:
         ratio_sigma: logit-normal std (release C2I 0.8, T2I/T2V 1.3).
         condition_dropout: probability of training a sample on the null condition, for CFG (C2I: the null class,
             T2X: the empty caption; 10%).
+        video_ratio_mu: T2X only: the logit-normal mean for clip samples (T2V and I2V); None: `ratio_mu`, as the
+            release (one distribution for every sample).
+        video_ratio_sigma: T2X only: the logit-normal std for clip samples; None: `ratio_sigma`.
     """
 
     ratio_distribution: Literal["logit_normal", "uniform"] = "logit_normal"
     ratio_mu: float = -0.8
     ratio_sigma: float = 0.8
     condition_dropout: float = 0.1
+    video_ratio_mu: float | None = None
+    video_ratio_sigma: float | None = None
 
     def __post_init__(self) -> None:
         value = self.condition_dropout
         _fail_unless(0.0 <= value < 1.0, f"model.corruption.condition_dropout must lie in [0, 1), got {value}")
+        clip_specific = self.video_ratio_mu is not None or self.video_ratio_sigma is not None
+        _fail_unless(
+            not clip_specific or self.ratio_distribution == "logit_normal",
+            "model.corruption.video_ratio_mu / video_ratio_sigma shape a logit-normal kept fraction: set "
+            "ratio_distribution to logit_normal or leave them null",
+        )
+
+    @property
+    def video_ratio_parameters(self) -> tuple[float, float]:
+        """(mu, sigma) of the clip samples' logit-normal kept fraction."""
+        mu, sigma = self.video_ratio_mu, self.video_ratio_sigma
+        return (self.ratio_mu if mu is None else mu, self.ratio_sigma if sigma is None else sigma)
 
 
 @dataclass(frozen=True)

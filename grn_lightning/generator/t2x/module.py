@@ -31,6 +31,7 @@ from torch import nn
 from grn_lightning.generator import parallelize
 from grn_lightning.generator.frozen_tokenizer import freeze
 from grn_lightning.generator.module import GeneratorModule
+from grn_lightning.generator.refinement import RatioDistribution
 from grn_lightning.generator.t2x.bucket_packing import label_dtype, pack_bucket, plan_bucket
 from grn_lightning.generator.options import Corruption, EMATracks, Optimization, Parallelism
 from grn_lightning.generator.token_cache import MIB, TokenCache
@@ -162,6 +163,8 @@ class T2XModule(GeneratorModule):
             )
         self._init_generator(transformer, tokenizer, tokenizer_ckpt, sampler or RefinementSampler(**T2X_SAMPLING),
                              corruption, optimization, ema, parallelism)  # fmt: skip
+        # clip samples (T2V, I2V) may draw their kept fraction from their own distribution (Corruption.video_ratio_*)
+        self.video_ratio = RatioDistribution(corruption.ratio_distribution, *corruption.video_ratio_parameters)
         if token_cache_mib < 0:
             raise ValueError(f"model.token_cache_mib must be >= 0 (0 turns the cache off), got {token_cache_mib}")
         self.task, self.i2v_probability = task, i2v_probability
@@ -281,7 +284,8 @@ class T2XModule(GeneratorModule):
         self.last_host_seconds = host_seconds + time.perf_counter() - started  # benchmarks/t2x_host_step.py
         device_generator = self._device_generator(generator)
         tokens = self.layout.to_tokens(labels.to(self.device)).to(label_dtype(self.model.classes))
-        keep_probability = self.ratio.sample(count_all, device=self.device, generator=device_generator)
+        ratio = self.video_ratio if frames > 1 else self.ratio  # a bucket is all images or all clips
+        keep_probability = ratio.sample(count_all, device=self.device, generator=device_generator)
         packed = pack_bucket(plan.to(self.device), tokens, texts, keep_probability, self.model.classes, device_generator)
         # host-side facts for logging (no device read): the batch's latent frames, I2V share and row fill
         packed.frames, packed.i2v_fraction = frames, tasks.count("i2v") / max(1, len(tasks))
