@@ -66,12 +66,16 @@ class Corruption:
     def __post_init__(self) -> None:
         value = self.condition_dropout
         _fail_unless(0.0 <= value < 1.0, f"model.corruption.condition_dropout must lie in [0, 1), got {value}")
-        clip_specific = self.video_ratio_mu is not None or self.video_ratio_sigma is not None
         _fail_unless(
-            not clip_specific or self.ratio_distribution == "logit_normal",
+            not self.has_video_ratio or self.ratio_distribution == "logit_normal",
             "model.corruption.video_ratio_mu / video_ratio_sigma shape a logit-normal kept fraction: set "
             "ratio_distribution to logit_normal or leave them null",
         )
+
+    @property
+    def has_video_ratio(self) -> bool:
+        """Whether clip samples have a kept-fraction distribution of their own (either video_ratio_* set)."""
+        return self.video_ratio_mu is not None or self.video_ratio_sigma is not None
 
     @property
     def video_ratio_parameters(self) -> tuple[float, float]:

@@ -67,7 +67,7 @@ class C2IModule(GeneratorModule):
         self.save_hyperparameters(ignore=["transformer", "tokenizer", "sampler"])
         if accuracy_bins < 1:
             raise ValueError(f"model.accuracy_bins must be >= 1, got {accuracy_bins}")
-        if (corruption.video_ratio_mu, corruption.video_ratio_sigma) != (None, None):
+        if corruption.has_video_ratio:
             raise ValueError("model.corruption.video_ratio_mu / video_ratio_sigma are for T2X clips; C2I trains images "
                              "only: set ratio_mu / ratio_sigma instead")  # fmt: skip
         self._init_generator(transformer, tokenizer, tokenizer_ckpt, sampler or RefinementSampler(), corruption,
