@@ -297,6 +297,26 @@ def test_gpu_flex_compiled_blocks_bf16_training_learns(tmp_path):
     assert result.labels.shape == (2, GRID * GRID, module.model.groups)
 
 
+def test_block_compiled_transformer_trains_past_dynamos_recompile_limit():
+    """Packed rows change length from step to step, and every length regime is a new compile of the block. With
+    torch's limit (8) the CPU repro's T2X fit stopped at step ~10,200 (fullgraph: a hard failure). Here the limit is
+    set to 2 and every row length forced to its own compile: four lengths train only if `apply_compile` raised it."""
+    from grn_lightning.generator import parallelize
+
+    torch._dynamo.reset()
+    module = tiny_module()
+    lengths = set()
+    with torch._dynamo.config.patch(recompile_limit=2, automatic_dynamic_shapes=False):
+        parallelize.apply_compile(module.model, "block")
+        for n in (1, 2, 3, 4):
+            batch = {"tokens": video_tokens(frames=1, batch=n), "caption": CAPTIONS[:n], "valid": torch.ones(n, dtype=torch.bool)}
+            packed = module.packed_batch(batch, torch.Generator().manual_seed(n), dropout=False)
+            lengths.add(packed.state.shape[1])
+            module.model(**packed.model_inputs()).float().mean().backward()
+    torch._dynamo.reset()
+    assert len(lengths) == 4, lengths
+
+
 @pytest.mark.parametrize("carried", [True, False])
 def test_tall_and_wide_buckets_train_with_their_template_ratio(carried):
     """3:1 and 1:3 at 0.06M (latent 28×9 and 9×28, grid ratios 3.11 and 0.32 outside the canvas) used to raise in

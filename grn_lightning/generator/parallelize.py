@@ -12,6 +12,12 @@ import torch
 from torch import nn
 
 COMPILE_MODES = ("none", "block", "model")
+# Compiled graphs one block's forward may keep (torch's default: 8). Training on packed rows of varying length L
+# recompiles the dynamic-shape block each time L crosses a bound inductor's kernels guard on (e.g. 12·L > 4096), and
+# each such regime took two cache entries; the CPU repro's T2X fit with training seed 1 met its eighth at step ~10,200
+# and the fullgraph compile stopped the run (docs/REPRODUCTION.md, twenty-third session). L is a multiple of the
+# packing's pad_multiple up to its budget, so the regimes are few; 64 leaves room without hiding a shape leak.
+BLOCK_RECOMPILE_LIMIT = 64
 
 
 def apply_activation_checkpointing(model: nn.Module) -> int:
@@ -32,11 +38,17 @@ def apply_compile(model: nn.Module, mode: str) -> nn.Module:
     """`torch.compile` each block in place ("block") or the whole forward ("model"); "none" leaves it eager.
 
     Block-wise compile keeps the module tree (and therefore parameter names and FSDP units) unchanged:
-    `nn.Module.compile()` compiles the module's `__call__` in place instead of returning a wrapper.
+    `nn.Module.compile()` compiles the module's `__call__` in place instead of returning a wrapper. It raises dynamo's
+    recompile limit to `BLOCK_RECOMPILE_LIMIT` (a fullgraph block that passes the limit stops the run).
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile={mode!r} is not one of {COMPILE_MODES}")
     if mode == "block":
+        # dynamo's limit is a process-wide setting read at each recompile: raise it, never lower a user's (torch
+        # before 2.7 calls it cache_size_limit)
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), BLOCK_RECOMPILE_LIMIT))
         for block in _blocks(model):
             block.compile(fullgraph=True)
     elif mode == "model":
